@@ -54,6 +54,25 @@ def quantization_methods() -> tuple[str, ...]:
     return tuple(QUANTIZATION_METHODS)
 
 
+@functools.cache
+def output_parsers() -> dict[str, tuple[str, ...]]:
+    """The tool-call and reasoning parsers vLLM registers, by the catalog field that names one."""
+    from vllm.reasoning import ReasoningParserManager
+    from vllm.tool_parsers import ToolParserManager
+
+    return {
+        "server.tool_call_parser": tuple(ToolParserManager.list_registered()),
+        "engine.reasoning_parser": tuple(ReasoningParserManager.list_registered()),
+    }
+
+
+def choice_problem(where: str, value: t.Any, choices: t.Sequence[str], what: str) -> list[str]:
+    if value is None or value in choices:
+        return []
+    close = difflib.get_close_matches(str(value), choices, n=1)
+    return [f"{where}: '{value}' is not {what} vLLM knows" + (f"; did you mean '{close[0]}'?" if close else "")]
+
+
 def bentocloud_gpu_types() -> tuple[str, ...]:
     from _bentoml_sdk.service.config import GpuLiteralType
 
@@ -138,19 +157,21 @@ class Entry(Strict):
         problems = unknown_keys(engine, vllm_field_names()[0], "engine")
         if (length := engine.get("max_model_len")) is not None and (not isinstance(length, int) or length <= 0):
             problems.append("engine.max_model_len: must be a positive integer")
-        quant = engine.get("quantization")
-        if quant is not None and quant not in quantization_methods():
-            close = difflib.get_close_matches(str(quant), quantization_methods(), n=1)
-            problems.append(f"engine.quantization: '{quant}' is not a method vLLM knows" + (f"; did you mean '{close[0]}'?" if close else ""))
+        problems += choice_problem("engine.quantization", engine.get("quantization"), quantization_methods(), "a method")
+        parsers = output_parsers()["engine.reasoning_parser"]
+        problems += choice_problem("engine.reasoning_parser", engine.get("reasoning_parser"), parsers, "a reasoning parser")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("\n".join(problems))
         return engine
 
     @field_validator("server")
     @classmethod
     def server_fields(cls, server: dict[str, t.Any]) -> dict[str, t.Any]:
-        if problems := unknown_keys(server, vllm_field_names()[1], "server"):
-            raise ValueError("; ".join(problems))
+        problems = unknown_keys(server, vllm_field_names()[1], "server")
+        parsers = output_parsers()["server.tool_call_parser"]
+        problems += choice_problem("server.tool_call_parser", server.get("tool_call_parser"), parsers, "a tool-call parser")
+        if problems:
+            raise ValueError("\n".join(problems))
         return server
 
     @model_validator(mode="after")
@@ -195,13 +216,11 @@ class Catalog(Strict):
     models: list[Entry]
 
 
-def describe(error: dict) -> str:
-    """One pydantic error as `field.path: message`."""
-    loc = ".".join(str(part) for part in error["loc"][1:] if not str(part).startswith("function-"))
-    message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "extra_forbidden":
-        message = "unknown field"
-    return f"{loc}: {message}" if loc else message
+def describe(error: dict) -> list[str]:
+    """One pydantic error as `field.path: message` lines (a validator may report several)."""
+    loc = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-"))
+    message = "unknown field" if error["type"] == "extra_forbidden" else error["msg"].removeprefix("Value error, ")
+    return [line if not loc or line.startswith(loc + ".") else f"{loc}: {line}" for line in message.splitlines()]
 
 
 def entry_label(index: int, raw: t.Any) -> str:
@@ -226,7 +245,7 @@ def load_catalog(path: Path) -> list[Entry]:
         try:
             entry = Entry.model_validate(raw)
         except ValidationError as exc:
-            problems += [f"{label}: {describe(e)}" for e in exc.errors()]
+            problems += [f"{label}: {line}" for e in exc.errors() for line in describe(e)]
             continue
         if entry.name in first_index:
             problems.append(f"{label}: name: duplicate of entry {first_index[entry.name]}")

@@ -1,0 +1,47 @@
+# llm-bentos: `make` lists the targets.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 3000
+MODELS := $(sort $(notdir $(wildcard models/*)))
+
+.DEFAULT_GOAL := help
+.PHONY: help install lock generate check test tiny-model serve demo build containerize deploy bench
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@echo "  models: $(MODELS)"
+
+install: ## create .venv with the pinned versions of constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --progress-bar off -q --upgrade "pip==26.3"
+	$(PY) -m pip install --progress-bar off -r requirements-dev.txt -c constraints.txt
+	@# PyPI's torchvision/torchaudio break imports beside the CPU build of torch.
+	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	@$(PY) -c "import vllm, bentoml; print('installed vllm', vllm.__version__, 'and bentoml', bentoml.__version__)"
+
+lock: ## rewrite constraints.txt from the current .venv
+	{ sed -n '1,2p' constraints.txt; $(PY) -m pip freeze --exclude-editable; } > constraints.txt.new && mv constraints.txt.new constraints.txt
+
+generate: ## render models/ from catalog.yaml and templates/
+	$(PY) scripts/generate.py
+
+check: ## fail if models/ differs from what the catalog and templates produce
+	$(PY) scripts/generate.py --check
+
+test: ## run the whole test suite
+	$(PY) -m pytest
+
+tiny-model: ## put the offline tiny test model into the BentoML model store
+	$(PY) scripts/tiny_model.py
+
+model-dir = models/$(MODEL)
+require-model = @$(PY) scripts/models.py require "$(MODEL)"
+
+serve: ## serve one model: make serve MODEL=name [PORT=3000]
+	$(require-model)
+	@if [ "$(MODEL)" = tiny-dev ]; then $(PY) scripts/tiny_model.py; fi
+	cd $(model-dir) && ../../$(VENV)/bin/bentoml serve . --port $(PORT)
+
+demo: ## serve tiny-dev, ask it one question with the openai client, stop
+	$(PY) scripts/demo.py --port $(PORT)
