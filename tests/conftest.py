@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from openai import OpenAI
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "templates")]
-VENV_BIN = Path(sys.executable).parent
+
+from serving import bento_server, free_port  # noqa: E402
+
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +41,39 @@ def write_catalog(tmp_path, catalog_data):
 
 def entry_named(catalog_data: dict, name: str) -> dict:
     return copy.deepcopy(next(m for m in catalog_data["models"] if m["name"] == name))
+
+
+# Served models: real vLLM engine, real BentoML server, offline.
+ARTIFACTS = ROOT / "tests" / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def bentoml_home(tmp_path_factory) -> str:
+    """A private BentoML home holding the tiny model, made by the repository's own script."""
+    home = tmp_path_factory.mktemp("bentoml-home")
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "tiny_model.py")],
+        env={**os.environ, "BENTOML_HOME": str(home)},
+        check=True,
+        capture_output=True,
+    )
+    return str(home)
+
+
+@pytest.fixture(scope="module")
+def tiny_server(bentoml_home, request):
+    """`bentoml serve models/tiny-dev`, ready; stopped after the module's tests."""
+    server = bento_server(
+        ROOT / "models" / "tiny-dev",
+        free_port(),
+        env={"BENTOML_HOME": bentoml_home},
+        log_path=ARTIFACTS / f"{request.module.__name__}.server.log",
+    )
+    with server:
+        server.wait_ready(timeout=300)
+        yield server
+
+
+@pytest.fixture(scope="module")
+def client(tiny_server) -> OpenAI:
+    return OpenAI(base_url=f"{tiny_server.url}/v1", api_key="unused", max_retries=0, timeout=120)

@@ -102,8 +102,11 @@ class OpenAIServer:
 
         if self.app is None:
             raise bentoml.exceptions.ServiceUnavailable(LOADING_MESSAGE)
-        request = ChatCompletionRequest(messages=messages, stream=True, **params)
-        result = await self.app.state.openai_serving_chat.create_chat_completion(request)
+        try:  # pydantic's and vLLM's validation errors are ValueErrors: the caller's fault
+            request = ChatCompletionRequest(messages=messages, stream=True, **params)
+            result = await self.app.state.openai_serving_chat.create_chat_completion(request)
+        except ValueError as exc:
+            raise bentoml.exceptions.InvalidArgument(str(exc)) from None
         if isinstance(result, ErrorResponse):
             raise bentoml.exceptions.InvalidArgument(result.error.message)
         async for event in result:
@@ -145,11 +148,14 @@ class OpenAIServer:
     @contextlib.asynccontextmanager
     async def _serving(self, argv: list[str]):
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
-        from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
         from vllm.entrypoints.launchers.app import build_app
 
-        args = parse_engine_args(argv)
-        async with build_async_engine_client(args) as engine:
+        # vLLM's imports and engine start block for many seconds: do them off the event
+        # loop, so that /livez and /readyz (503) answer while the model loads.
+        args = await asyncio.to_thread(parse_engine_args, argv)
+        engine = await asyncio.to_thread(create_engine, args)
+        try:
+            await engine.reset_mm_cache()
             tasks = await engine.get_supported_tasks()
             app = build_app(args, tasks, engine.model_config)
             await init_app_state(engine, app.state, args, tasks)
@@ -157,3 +163,15 @@ class OpenAIServer:
                 self.engine, self.app = engine, app
                 logger.info("vLLM is ready: %s serves %s", args.served_model_name, tasks)
                 yield
+        finally:
+            engine.shutdown()
+
+
+def create_engine(args):
+    """vLLM's async engine for parsed `vllm serve` arguments, as vLLM's own server makes it."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.usage.usage_lib import UsageContext
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    engine_args = AsyncEngineArgs.from_cli_args(args)
+    return AsyncLLM.from_engine_args(engine_args, usage_context=UsageContext.OPENAI_API_SERVER)

@@ -24,6 +24,7 @@ ENGINE_CONFIG: dict[str, t.Any] = {
     "served_model_name": "tiny-dev",
     "max_model_len": 1024,
     "dtype": "float32",
+    "gpu_memory_utilization": 0.2,
     "enable_auto_tool_choice": True,
     "tool_call_parser": "hermes",
 }

@@ -1,0 +1,126 @@
+"""Start a model server as a child process, wait until it is ready, stop it cleanly.
+
+Used by `make demo`, the benchmark and the end-to-end tests, for both a generated
+Bento (`bentoml serve`) and plain vLLM (`python -m vllm.entrypoints.openai.api_server`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_status(url: str, timeout: float = 5) -> int | None:
+    """The status code of a GET, or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+
+
+class ServerProcess:
+    """A server command in its own process group, with its output in a log file."""
+
+    def __init__(self, command: list[str], *, port: int, ready_path: str, cwd: Path | None = None,
+                 env: dict[str, str] | None = None, log_path: Path | None = None):
+        self.command, self.port, self.ready_path, self.cwd = command, port, ready_path, cwd
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = log_path or Path(f"/tmp/llm-bentos-server-{port}.log")
+        self.process: subprocess.Popen | None = None
+        self.started_at = 0.0
+        self.statuses_seen: list[int | None] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ServerProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("wb")
+        self.started_at = time.monotonic()
+        self.process = subprocess.Popen(
+            self.command, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        return self
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def wait_ready(self, timeout: float = 300, progress: bool = False) -> float:
+        """Poll the ready route until 200; return seconds since start. Raise if the server dies."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
+            status = http_status(self.url + self.ready_path)
+            if not self.statuses_seen or self.statuses_seen[-1] != status:
+                self.statuses_seen.append(status)
+                if progress:
+                    print(f"  {time.monotonic() - self.started_at:5.1f}s  {self.ready_path} -> {status or 'no answer yet'}", flush=True)
+            if status == 200:
+                return time.monotonic() - self.started_at
+            time.sleep(0.25)
+        self.stop()
+        raise TimeoutError(f"not ready after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def stop(self, grace: float = 30) -> int | None:
+        """SIGTERM the whole process group (the server stops its engine), SIGKILL what is left."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            with_group(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+        with_group(self.process.pid, signal.SIGKILL)  # engine processes left behind, if any
+        self.process.wait()
+        return self.process.returncode
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def with_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def bento_server(folder: Path, port: int, env: dict[str, str] | None = None, log_path: Path | None = None) -> ServerProcess:
+    """`bentoml serve` of a model folder (or a Bento tag, with folder as the working directory)."""
+    return ServerProcess(
+        [str(BIN / "bentoml"), "serve", ".", "--host", "127.0.0.1", "--port", str(port)],
+        port=port, ready_path="/readyz", cwd=folder, env=env, log_path=log_path,
+    )
+
+
+def vllm_server(argv: list[str], port: int, env: dict[str, str] | None = None, log_path: Path | None = None) -> ServerProcess:
+    """Plain vLLM's OpenAI server with the given `vllm serve` arguments."""
+    return ServerProcess(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *argv, "--port", str(port), "--host", "127.0.0.1"],
+        port=port, ready_path="/health", env=env, log_path=log_path,
+    )

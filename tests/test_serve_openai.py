@@ -1,0 +1,182 @@
+"""The OpenAI API of the served tiny-dev Bento, through the official openai client."""
+
+from __future__ import annotations
+
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from openai import OpenAI
+
+CHAT = [{"role": "user", "content": "Tell me a story about a robot."}]
+GREEDY = {"temperature": 0.0, "seed": 0}
+
+
+def test_readiness_went_from_503_to_200(tiny_server):
+    assert tiny_server.statuses_seen[-1] == 200
+    assert 503 in tiny_server.statuses_seen, "the engine loads in the background while /readyz says 503"
+    assert httpx.get(f"{tiny_server.url}/livez").status_code == 200
+
+
+def test_models_lists_the_served_name(client):
+    assert [m.id for m in client.models.list().data] == ["tiny-dev"]
+
+
+def test_chat_completion(client):
+    reply = client.chat.completions.create(model="tiny-dev", messages=CHAT, max_tokens=12)
+    assert reply.object == "chat.completion"
+    assert reply.choices[0].message.role == "assistant"
+    assert reply.usage.completion_tokens <= 12 and reply.usage.prompt_tokens > 0
+
+
+def test_chat_streaming_with_usage(client):
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny-dev", messages=CHAT, max_tokens=16, stream=True,
+            stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len(chunks) > 3 and text
+    assert chunks[-1].usage.completion_tokens == 16
+
+
+def test_completions(client):
+    reply = client.completions.create(model="tiny-dev", prompt="Once upon a time", max_tokens=10, extra_body={"ignore_eos": True})
+    assert reply.object == "text_completion" and reply.choices[0].text
+    assert reply.usage.completion_tokens == 10
+
+
+def test_n_choices(client):
+    reply = client.chat.completions.create(model="tiny-dev", messages=CHAT, max_tokens=8, n=3)
+    assert sorted(c.index for c in reply.choices) == [0, 1, 2]
+
+
+def test_greedy_output_repeats(client):
+    first, second = (
+        client.chat.completions.create(model="tiny-dev", messages=CHAT, max_tokens=24, **GREEDY).choices[0].message.content
+        for _ in range(2)
+    )
+    assert first == second and first
+
+
+@pytest.mark.parametrize("max_tokens", [1, 7, 33])
+def test_max_tokens_is_exact_with_ignore_eos(client, max_tokens):
+    reply = client.chat.completions.create(
+        model="tiny-dev", messages=CHAT, max_tokens=max_tokens, extra_body={"ignore_eos": True}
+    )
+    assert reply.usage.completion_tokens == max_tokens
+    assert reply.choices[0].finish_reason == "length"
+
+
+def test_stop_string_ends_the_output(client):
+    free = client.completions.create(model="tiny-dev", prompt="The", max_tokens=40, extra_body={"ignore_eos": True}, **GREEDY)
+    text = free.choices[0].text
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    assert stop.strip(), f"need a visible stop string in {text!r}"
+    cut = client.completions.create(model="tiny-dev", prompt="The", max_tokens=40, stop=[stop], extra_body={"ignore_eos": True}, **GREEDY)
+    assert cut.choices[0].finish_reason == "stop"
+    assert stop not in cut.choices[0].text and text.startswith(cut.choices[0].text)
+
+
+def test_logprobs(client):
+    reply = client.chat.completions.create(model="tiny-dev", messages=CHAT, max_tokens=5, logprobs=True, top_logprobs=3, extra_body={"ignore_eos": True})
+    content = reply.choices[0].logprobs.content
+    assert len(content) == 5
+    assert all(len(t.top_logprobs) == 3 and t.logprob <= 0 for t in content)
+
+
+def test_sampling_parameters_are_accepted(client):
+    reply = client.chat.completions.create(
+        model="tiny-dev", messages=CHAT, max_tokens=8, temperature=1.3, top_p=0.8,
+        frequency_penalty=0.5, presence_penalty=0.5, seed=7, extra_body={"top_k": 20, "ignore_eos": True},
+    )
+    assert reply.usage.completion_tokens == 8
+
+
+def test_bentoml_generate_streams(tiny_server):
+    pieces = []
+    with httpx.stream("POST", f"{tiny_server.url}/generate", json={"prompt": "Hello", "max_tokens": 16}, timeout=60) as response:
+        assert response.status_code == 200
+        pieces = [piece for piece in response.iter_text() if piece]
+    assert len(pieces) > 1 and "".join(pieces)
+
+
+def test_bentoml_generate_rejects_bad_input(tiny_server):
+    response = httpx.post(f"{tiny_server.url}/generate", json={"prompt": "Hello", "max_tokens": -1}, timeout=60)
+    assert 400 <= response.status_code < 500
+
+
+BAD_REQUESTS = {
+    "negative max_tokens": (400, {"model": "tiny-dev", "messages": CHAT, "max_tokens": -3}),
+    "zero max_tokens": (400, {"model": "tiny-dev", "messages": CHAT, "max_tokens": 0}),
+    "negative temperature": (400, {"model": "tiny-dev", "messages": CHAT, "temperature": -1}),
+    "unknown model": (404, {"model": "gpt-17", "messages": CHAT}),
+    "prompt over max_model_len": (400, {"model": "tiny-dev", "messages": [{"role": "user", "content": "robot " * 3000}]}),
+    "messages as a string": (400, {"model": "tiny-dev", "messages": "hello"}),
+    "empty messages": (400, {"model": "tiny-dev", "messages": []}),
+    "missing messages": (400, {"model": "tiny-dev"}),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_input_gets_an_openai_error(tiny_server, case):
+    status, body = BAD_REQUESTS[case]
+    response = httpx.post(f"{tiny_server.url}/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"] and error["type"]
+
+
+def test_malformed_json_gets_an_openai_error(tiny_server):
+    response = httpx.post(
+        f"{tiny_server.url}/v1/chat/completions", content=b'{"model": "tiny-dev", "messages": [', headers={"content-type": "application/json"}, timeout=60
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["message"]
+
+
+def test_server_still_serves_after_bad_input(client, tiny_server):
+    for status, body in BAD_REQUESTS.values():
+        httpx.post(f"{tiny_server.url}/v1/chat/completions", json=body, timeout=60)
+    assert client.chat.completions.create(model="tiny-dev", messages=CHAT, max_tokens=4).choices
+
+
+def running_requests(url: str) -> float:
+    metrics = httpx.get(f"{url}/metrics", timeout=10).text
+    values = [float(v) for v in re.findall(r'^vllm:num_requests_running\{[^}]*\} ([0-9.e+-]+)$', metrics, re.M)]
+    assert values, "vLLM's engine gauge is exported on /metrics"
+    return sum(values)
+
+
+def test_client_disconnect_frees_the_engine(tiny_server):
+    body = {"model": "tiny-dev", "messages": CHAT, "max_tokens": 900, "stream": True, "ignore_eos": True}
+    with httpx.stream("POST", f"{tiny_server.url}/v1/chat/completions", json=body, timeout=60) as response:
+        lines = response.iter_lines()
+        for _ in range(5):
+            next(lines)
+        assert running_requests(tiny_server.url) >= 1
+    deadline = time.monotonic() + 10
+    while running_requests(tiny_server.url) > 0:
+        assert time.monotonic() < deadline, "the aborted request still runs in the engine"
+        time.sleep(0.2)
+
+
+def test_32_concurrent_chats(tiny_server):
+    client = OpenAI(base_url=f"{tiny_server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+    def chat(i: int) -> int:
+        reply = client.chat.completions.create(
+            model="tiny-dev", messages=[{"role": "user", "content": f"Request {i}"}], max_tokens=16, extra_body={"ignore_eos": True}
+        )
+        return reply.usage.completion_tokens
+
+    with ThreadPoolExecutor(32) as pool:
+        assert list(pool.map(chat, range(32))) == [16] * 32
+
+
+def test_metrics_has_bentoml_and_vllm_series(tiny_server):
+    metrics = httpx.get(f"{tiny_server.url}/metrics", timeout=10).text
+    assert "vllm:generation_tokens" in metrics and "vllm:time_to_first_token_seconds" in metrics
