@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -144,24 +145,29 @@ def test_server_still_serves_after_bad_input(client, tiny_server):
     assert client.chat.completions.create(model="tiny-dev", messages=CHAT, max_tokens=4).choices
 
 
-def running_requests(url: str) -> float:
+def engine_metric(url: str, name: str) -> float:
     metrics = httpx.get(f"{url}/metrics", timeout=10).text
-    values = [float(v) for v in re.findall(r'^vllm:num_requests_running\{[^}]*\} ([0-9.e+-]+)$', metrics, re.M)]
-    assert values, "vLLM's engine gauge is exported on /metrics"
+    values = [float(v) for v in re.findall(rf"^{re.escape(name)}\{{[^}}]*\}} ([0-9.e+-]+)$", metrics, re.M)]
+    assert values, f"{name} is exported on /metrics"
     return sum(values)
 
 
 def test_client_disconnect_frees_the_engine(tiny_server):
-    body = {"model": "tiny-dev", "messages": CHAT, "max_tokens": 900, "stream": True, "ignore_eos": True}
-    with httpx.stream("POST", f"{tiny_server.url}/v1/chat/completions", json=body, timeout=60) as response:
-        lines = response.iter_lines()
-        for _ in range(5):
-            next(lines)
-        assert running_requests(tiny_server.url) >= 1
+    """16 long streams, dropped after their first chunk: the engine stops generating for them."""
+    url, streams, max_tokens = tiny_server.url, 16, 1000
+    body = {"model": "tiny-dev", "messages": CHAT, "max_tokens": max_tokens, "stream": True, "ignore_eos": True}
+    tokens_before = engine_metric(url, "vllm:generation_tokens_total")
+    with contextlib.ExitStack() as stack:
+        for _ in range(streams):
+            response = stack.enter_context(httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60))
+            next(response.iter_lines())
+        assert engine_metric(url, "vllm:num_requests_running") + engine_metric(url, "vllm:num_requests_waiting") >= 1
     deadline = time.monotonic() + 10
-    while running_requests(tiny_server.url) > 0:
-        assert time.monotonic() < deadline, "the aborted request still runs in the engine"
+    while engine_metric(url, "vllm:num_requests_running") + engine_metric(url, "vllm:num_requests_waiting") > 0:
+        assert time.monotonic() < deadline, "the dropped requests still run in the engine"
         time.sleep(0.2)
+    generated = engine_metric(url, "vllm:generation_tokens_total") - tokens_before
+    assert generated < streams * max_tokens / 2, f"{generated:.0f} tokens generated for dropped streams"
 
 
 def test_32_concurrent_chats(tiny_server):

@@ -99,13 +99,14 @@ class OpenAIServer:
         import bentoml
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+        from vllm.exceptions import VLLMClientError
 
         if self.app is None:
             raise bentoml.exceptions.ServiceUnavailable(LOADING_MESSAGE)
-        try:  # pydantic's and vLLM's validation errors are ValueErrors: the caller's fault
+        try:  # pydantic's ValueErrors and vLLM's client errors are the caller's fault
             request = ChatCompletionRequest(messages=messages, stream=True, **params)
             result = await self.app.state.openai_serving_chat.create_chat_completion(request)
-        except ValueError as exc:
+        except (ValueError, VLLMClientError) as exc:
             raise bentoml.exceptions.InvalidArgument(str(exc)) from None
         if isinstance(result, ErrorResponse):
             raise bentoml.exceptions.InvalidArgument(result.error.message)
