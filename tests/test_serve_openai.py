@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -153,21 +152,19 @@ def engine_metric(url: str, name: str) -> float:
 
 
 def test_client_disconnect_frees_the_engine(tiny_server):
-    """16 long streams, dropped after their first chunk: the engine stops generating for them."""
-    url, streams, max_tokens = tiny_server.url, 16, 1000
+    """A long stream dropped after its first chunk: the engine stops generating for it."""
+    url, max_tokens = tiny_server.url, 1000
     body = {"model": "tiny-dev", "messages": CHAT, "max_tokens": max_tokens, "stream": True, "ignore_eos": True}
     tokens_before = engine_metric(url, "vllm:generation_tokens_total")
-    with contextlib.ExitStack() as stack:
-        for _ in range(streams):
-            response = stack.enter_context(httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60))
-            next(response.iter_lines())
-        assert engine_metric(url, "vllm:num_requests_running") + engine_metric(url, "vllm:num_requests_waiting") >= 1
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as response:
+        next(response.iter_lines())
+        assert engine_metric(url, "vllm:num_requests_running") >= 1
     deadline = time.monotonic() + 10
-    while engine_metric(url, "vllm:num_requests_running") + engine_metric(url, "vllm:num_requests_waiting") > 0:
-        assert time.monotonic() < deadline, "the dropped requests still run in the engine"
+    while engine_metric(url, "vllm:num_requests_running") > 0:
+        assert time.monotonic() < deadline, "the dropped request still runs in the engine"
         time.sleep(0.2)
     generated = engine_metric(url, "vllm:generation_tokens_total") - tokens_before
-    assert generated < streams * max_tokens / 2, f"{generated:.0f} tokens generated for dropped streams"
+    assert generated < max_tokens / 2, f"{generated:.0f} of {max_tokens} tokens generated for a dropped stream"
 
 
 def test_32_concurrent_chats(tiny_server):
