@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import jsonschema
 import pytest
 from openai import OpenAI
 
@@ -183,3 +185,58 @@ def test_32_concurrent_chats(tiny_server):
 def test_metrics_has_bentoml_and_vllm_series(tiny_server):
     metrics = httpx.get(f"{tiny_server.url}/metrics", timeout=10).text
     assert "vllm:generation_tokens" in metrics and "vllm:time_to_first_token_seconds" in metrics
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city.",
+        "strict": True,  # OpenAI's strict mode: vLLM pins the arguments to the schema
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "enum": ["Paris", "Rome", "Oslo"]}, "celsius": {"type": "boolean"}},
+            "required": ["city", "celsius"],
+            "additionalProperties": False,
+        },
+    },
+}
+ANSWER_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "answer": {"type": "string", "enum": ["yes", "no", "maybe"]},
+        "confidence": {"type": "integer", "minimum": 0, "maximum": 100},
+        "code": {"type": "string", "pattern": "^[A-Z]{3}$"},
+    },
+    "required": ["answer", "confidence", "code"],
+    "additionalProperties": False,
+}
+
+
+def test_structured_output_matches_the_schema(client):
+    for seed in range(3):
+        reply = client.chat.completions.create(
+            model="tiny-dev", messages=CHAT, max_tokens=200, seed=seed,
+            response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": ANSWER_SCHEMA}},
+        )
+        jsonschema.validate(json.loads(reply.choices[0].message.content), ANSWER_SCHEMA)
+
+
+def test_invalid_schema_is_a_400(tiny_server):
+    broken = {"type": "object", "properties": {"a": {"type": "no-such-type"}}}
+    body = {"model": "tiny-dev", "messages": CHAT, "max_tokens": 20,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "broken", "schema": broken}}}
+    response = httpx.post(f"{tiny_server.url}/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("tool_choice", [{"type": "function", "function": {"name": "get_weather"}}, "required"])
+def test_tool_call_arguments_match_the_parameters(client, tool_choice):
+    reply = client.chat.completions.create(
+        model="tiny-dev", messages=[{"role": "user", "content": "Weather in Paris?"}], max_tokens=200,
+        tools=[WEATHER_TOOL], tool_choice=tool_choice,
+    )
+    calls = reply.choices[0].message.tool_calls
+    assert calls and calls[0].function.name == "get_weather"
+    jsonschema.validate(json.loads(calls[0].function.arguments), WEATHER_TOOL["function"]["parameters"])

@@ -96,20 +96,11 @@ class OpenAIServer:
 
     async def stream_chat(self, messages: list[dict], **params: t.Any) -> t.AsyncIterator[str]:
         """Stream the text of a chat completion through vLLM's own chat serving code."""
-        import bentoml
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
-        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
-        from vllm.exceptions import VLLMClientError
 
-        if self.app is None:
-            raise bentoml.exceptions.ServiceUnavailable(LOADING_MESSAGE)
-        try:  # pydantic's ValueErrors and vLLM's client errors are the caller's fault
+        with self._client_errors():
             request = ChatCompletionRequest(messages=messages, stream=True, **params)
-            result = await self.app.state.openai_serving_chat.create_chat_completion(request)
-        except (ValueError, VLLMClientError) as exc:
-            raise bentoml.exceptions.InvalidArgument(str(exc)) from None
-        if isinstance(result, ErrorResponse):
-            raise bentoml.exceptions.InvalidArgument(result.error.message)
+            result = self._check(await self._state().openai_serving_chat.create_chat_completion(request))
         async for event in result:
             payload = event.removeprefix("data: ").strip()
             if payload == "[DONE]":
@@ -117,6 +108,45 @@ class OpenAIServer:
             for choice in json.loads(payload).get("choices", []):
                 if text := choice.get("delta", {}).get("content"):
                     yield text
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        """Embed texts through vLLM's own /v1/embeddings serving code."""
+        from vllm.entrypoints.pooling.embed.protocol import EmbeddingCompletionRequest
+
+        with self._client_errors():
+            request = EmbeddingCompletionRequest(input=texts)
+            result = self._check(await self._state().serving_embedding(request, None))
+        # vLLM answers with its ready HTTP response (a JSONResponse) on success.
+        return [item["embedding"] for item in json.loads(result.body)["data"]]
+
+    def _state(self):
+        import bentoml
+
+        if self.app is None:
+            raise bentoml.exceptions.ServiceUnavailable(LOADING_MESSAGE)
+        return self.app.state
+
+    @staticmethod
+    def _check(result):
+        """vLLM's serving code returns an ErrorResponse for bad requests: raise it as a 4xx."""
+        import bentoml
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+
+        if isinstance(result, ErrorResponse):
+            raise bentoml.exceptions.InvalidArgument(result.error.message)
+        return result
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _client_errors():
+        """pydantic's ValueErrors and vLLM's client errors are the caller's fault: a 400."""
+        import bentoml
+        from vllm.exceptions import VLLMClientError
+
+        try:
+            yield
+        except (ValueError, VLLMClientError) as exc:
+            raise bentoml.exceptions.InvalidArgument(str(exc)) from None
 
     @property
     def ready(self) -> bool:
