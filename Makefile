@@ -36,7 +36,7 @@ tiny-model: ## put the offline tiny test model into the BentoML model store
 	$(PY) scripts/tiny_model.py
 
 model-dir = models/$(MODEL)
-require-model = @$(PY) scripts/models.py require "$(MODEL)"
+require-model = @$(PY) scripts/bento.py require "$(MODEL)"
 
 serve: ## serve one model: make serve MODEL=name [PORT=3000]
 	$(require-model)
@@ -45,3 +45,15 @@ serve: ## serve one model: make serve MODEL=name [PORT=3000]
 
 demo: ## serve tiny-dev, ask it one question with the openai client, stop
 	$(PY) scripts/demo.py --port $(PORT)
+
+build: ## build the Bento of one model and print its tag: make build MODEL=name
+	@$(PY) scripts/bento.py build "$(MODEL)"
+
+containerize: ## build the Bento and its OCI image (needs a running Docker or Podman)
+	@$(PY) scripts/bento.py containerize "$(MODEL)"
+
+SCALING_MIN ?= 0
+SCALING_MAX ?= 2
+SECRET ?= huggingface
+deploy: ## deploy to BentoCloud: make deploy MODEL=name [SCALING_MIN=0 SCALING_MAX=2] [SECRET=huggingface] [DRY_RUN=1]
+	@$(PY) scripts/bento.py deploy "$(MODEL)" --scaling-min $(SCALING_MIN) --scaling-max $(SCALING_MAX) --secret "$(SECRET)" $(if $(DRY_RUN),--dry-run,)

@@ -110,10 +110,11 @@ def with_group(pid: int, sig: int) -> None:
         pass
 
 
-def bento_server(folder: Path, port: int, env: dict[str, str] | None = None, log_path: Path | None = None) -> ServerProcess:
-    """`bentoml serve` of a model folder (or a Bento tag, with folder as the working directory)."""
+def bento_server(folder: Path, port: int, env: dict[str, str] | None = None, log_path: Path | None = None,
+                 target: str = ".") -> ServerProcess:
+    """`bentoml serve` of a model folder, or of a built Bento's tag given as `target`."""
     return ServerProcess(
-        [str(BIN / "bentoml"), "serve", ".", "--host", "127.0.0.1", "--port", str(port)],
+        [str(BIN / "bentoml"), "serve", target, "--host", "127.0.0.1", "--port", str(port)],
         port=port, ready_path="/readyz", cwd=folder, env=env, log_path=log_path,
     )
 
