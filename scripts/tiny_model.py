@@ -32,7 +32,9 @@ import re
 import sys
 from pathlib import Path
 
-DEFAULT_TAG = "llm-bentos-tiny-dev:v1"
+DEFAULT_TAG = "llm-bentos-tiny-dev:v2"
+DEFAULT_LORA_TAG = "llm-bentos-tiny-lora:v1"
+LORA_RANK = 8
 VOCAB_SIZE = 512
 
 BOS = "<|begin_of_text|>"
@@ -45,6 +47,9 @@ SPECIAL_TOKENS = [BOS, EOS, EOT, START_HEADER, END_HEADER, PAD]
 # Added as ordinary (non-special) added tokens, as Hermes/Qwen models do: the hermes parser
 # looks for these strings in the decoded text.
 TOOL_CALL_TOKENS = ["<tool_call>", "</tool_call>"]
+# Reasoning parsers (deepseek_r1, qwen3) refuse a vocabulary without these.
+THINK_TOKENS = ["<think>", "</think>"]
+ADDED_TOKENS = TOOL_CALL_TOKENS + THINK_TOKENS
 
 CORPUS = """\
 The quick brown fox jumps over the lazy dog. A small model can still learn the shape of words,
@@ -115,13 +120,13 @@ def build_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE - len(TOOL_CALL_TOKENS),
+        vocab_size=VOCAB_SIZE - len(ADDED_TOKENS),
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator([CORPUS] * CORPUS_REPEATS, trainer=trainer)
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TOOL_CALL_TOKENS])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in ADDED_TOKENS])
     tok.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, tok.token_to_id(BOS))]
     )
@@ -201,8 +206,36 @@ def _edit_json(path: Path, **changes: str) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def import_to_bentoml_store(tag: str = DEFAULT_TAG) -> str:
-    """Save the model into the BentoML model store (BENTOML_HOME) under tag; no-op if it is there."""
+def save_lora_adapter(out_dir: Path) -> Path:
+    """A seeded random PEFT LoRA adapter (rank 8, q_proj and v_proj) for the tiny model."""
+    import torch
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = build_config(build_tokenizer())
+    generator = torch.Generator().manual_seed(1)
+    weights = {}
+    for layer in range(config.num_hidden_layers):
+        for proj in ("q_proj", "v_proj"):
+            prefix = f"base_model.model.model.layers.{layer}.self_attn.{proj}"
+            out = config.hidden_size if proj == "q_proj" else config.num_key_value_heads * config.head_dim
+            weights[f"{prefix}.lora_A.weight"] = torch.randn(LORA_RANK, config.hidden_size, generator=generator) * 0.1
+            weights[f"{prefix}.lora_B.weight"] = torch.randn(out, LORA_RANK, generator=generator) * 0.5
+    save_file(weights, out_dir / "adapter_model.safetensors")
+    adapter_config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": LORA_RANK, "lora_alpha": 2 * LORA_RANK,
+        "lora_dropout": 0.0, "bias": "none", "target_modules": ["q_proj", "v_proj"],
+        "base_model_name_or_path": DEFAULT_TAG, "fan_in_fan_out": False,
+    }
+    (out_dir / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
+    for path in out_dir.iterdir():
+        path.chmod(0o644)
+    return out_dir
+
+
+def import_to_bentoml_store(tag: str = DEFAULT_TAG, save=save_hf_folder, what: str = "tiny random Llama chat model") -> str:
+    """Save `save(folder)`'s files into the BentoML model store (BENTOML_HOME) under tag; no-op if there."""
     import bentoml
     from bentoml.exceptions import NotFound
 
@@ -216,10 +249,9 @@ def import_to_bentoml_store(tag: str = DEFAULT_TAG) -> str:
     with bentoml.models.create(
         tag,
         labels={"source": "llm-bentos/scripts/tiny_model.py"},
-        metadata={"description": "tiny random Llama chat model, made offline"},
+        metadata={"description": f"{what}, made offline"},
     ) as model:
-        save_hf_folder(Path(model.path))
-        Path(model.path).chmod(0o755)  # a mkdtemp folder (0700) otherwise
+        save(Path(model.path))
     print(f"saved {model.tag} to the BentoML model store")
     return str(model.tag)
 
@@ -262,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"putting the tiny model into the BentoML model store as {args.tag} ...")
         import_to_bentoml_store(args.tag)
+        import_to_bentoml_store(DEFAULT_LORA_TAG, save_lora_adapter, "LoRA adapter for the tiny model")
     return 0
 
 

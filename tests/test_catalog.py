@@ -148,3 +148,14 @@ def test_unreadable_catalog(tmp_path):
     broken.write_text("- a list, not a mapping\n")
     with pytest.raises(CatalogError, match="expected a mapping with a `models:` list"):
         load_catalog(broken)
+
+
+def test_lora_adapters_are_sources_with_unique_names(write_catalog, catalog_data):
+    entry = entry_named(catalog_data, "tiny-dev")
+    entry["lora_adapters"] = [{"name": "sql", "bentoml_tag": "sql-lora:v1"}, {"name": "sql", "id": "org/chat-lora"}]
+    found = problems(write_catalog, [entry])
+    assert any("lora_adapters.1: Value error, `revision` must pin" in p or "lora_adapters.1: `revision` must pin" in p for p in found), found
+    entry["lora_adapters"][1] = {"name": "sql", "id": "org/chat-lora", "revision": "0" * 40}
+    assert any("names must differ" in p for p in problems(write_catalog, [entry]))
+    entry["lora_adapters"][1]["name"] = "chat"
+    assert problems(write_catalog, [entry]) == []

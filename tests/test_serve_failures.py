@@ -13,7 +13,7 @@ def broken_store_model(tmp_path, bentoml_home: str, breakage) -> dict[str, str]:
     """A copy of the BentoML home whose tiny model is broken by `breakage(model_dir)`."""
     home = tmp_path / "home"
     shutil.copytree(bentoml_home, home, symlinks=True)
-    model_dir = home / "models" / "llm-bentos-tiny-dev" / "v1"
+    model_dir = home / "models" / "llm-bentos-tiny-dev" / "v2"
     breakage(model_dir)
     return {"BENTOML_HOME": str(home)}
 
@@ -41,7 +41,7 @@ def test_missing_weights_stop_the_server_at_once(tmp_path, bentoml_home):
 def test_model_missing_from_the_store_stops_the_server(tmp_path):
     code, log = serve_until_exit({"BENTOML_HOME": str(tmp_path / "empty")}, "missing-model", timeout=60)
     assert code not in (0, None)
-    assert "llm-bentos-tiny-dev:v1 could not be found" in log
+    assert "llm-bentos-tiny-dev:v2 could not be found" in log
 
 
 def test_engine_that_cannot_start_stops_the_server(tmp_path, bentoml_home):

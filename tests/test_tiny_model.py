@@ -68,7 +68,7 @@ def test_tokenizer_round_trips_text(tokenizer):
     assert ids[0] == tokenizer.bos_token_id
     assert tokenizer.decode(ids, skip_special_tokens=True) == text
     assert len(tokenizer) == tiny_model.VOCAB_SIZE
-    for token in tiny_model.SPECIAL_TOKENS + tiny_model.TOOL_CALL_TOKENS:
+    for token in tiny_model.SPECIAL_TOKENS + tiny_model.ADDED_TOKENS:
         assert len(tokenizer(token, add_special_tokens=False)["input_ids"]) == 1, token
     assert tokenizer.eos_token == "<|eot_id|>"
 
@@ -119,7 +119,7 @@ def test_store_import_is_idempotent(tmp_path):
     )
     assert f"RESULT {tiny_model.DEFAULT_TAG} {tiny_model.DEFAULT_TAG} ['{tiny_model.DEFAULT_TAG}']" in out
     assert "already in the BentoML model store" in out
-    stored = tmp_path / "models" / "llm-bentos-tiny-dev" / "v1"
+    stored = tmp_path / "models" / "llm-bentos-tiny-dev" / "v2"
     assert (stored / "model.safetensors").is_file() and (stored / "tokenizer.json").is_file()
 
 

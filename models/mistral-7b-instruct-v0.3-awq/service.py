@@ -35,8 +35,14 @@ MODEL = bentoml.models.HuggingFaceModel(
 openai_server = OpenAIServer()
 
 
+def local_path(model) -> str:
+    """Where BentoML put a model: a Hugging Face snapshot folder or a model-store folder."""
+    resolved = model.resolve()
+    return getattr(resolved, "path", resolved)
+
+
 def model_path() -> str:
-    return MODEL.resolve()
+    return local_path(MODEL)
 
 
 @bentoml.asgi_app(openai_server, path="/")

@@ -30,13 +30,19 @@ ENGINE_CONFIG: dict[str, t.Any] = {
 }
 
 # Made offline by scripts/tiny_model.py (`make tiny-model`) in the repository.
-MODEL = bentoml.models.BentoModel("llm-bentos-tiny-dev:v1")
+MODEL = bentoml.models.BentoModel("llm-bentos-tiny-dev:v2")
 
 openai_server = OpenAIServer()
 
 
+def local_path(model) -> str:
+    """Where BentoML put a model: a Hugging Face snapshot folder or a model-store folder."""
+    resolved = model.resolve()
+    return getattr(resolved, "path", resolved)
+
+
 def model_path() -> str:
-    return MODEL.resolve().path
+    return local_path(MODEL)
 
 
 @bentoml.asgi_app(openai_server, path="/")
