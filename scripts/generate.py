@@ -27,7 +27,8 @@ from gpus import GPU_MEMORY_GB  # noqa: E402
 from pyrepr import pyrepr  # noqa: E402
 
 MARKER = ".llm-bentos-generated"
-RUNTIME_MODULE = "vllm_openai.py"
+# Copied verbatim into each folder: plain Python the generator and the tests import too.
+VERBATIM_FILES = ("vllm_openai.py", "web.py", "chat.html")
 TABLE_START, TABLE_END = "<!-- models:start -->", "<!-- models:end -->"
 # Rendered template -> file name in each model folder.
 FOLDER_TEMPLATES = {
@@ -97,7 +98,7 @@ def render_folder(entry: Entry, env: jinja2.Environment, constraints: dict[str, 
         "engine_summary": ", ".join(f"{k} {v}" for k, v in entry.engine.items() if k != "served_model_name") or "defaults",
     }
     files = {name: env.get_template(template).render(context) for template, name in FOLDER_TEMPLATES.items()}
-    files[RUNTIME_MODULE] = (TEMPLATES / RUNTIME_MODULE).read_text()
+    files.update({name: (TEMPLATES / name).read_text() for name in VERBATIM_FILES})
     files[MARKER] = f"Generated from catalog.yaml entry {entry.name}. Delete this file to keep the folder as your own.\n"
     return files
 

@@ -16,6 +16,7 @@ import typing as t
 import bentoml
 
 from vllm_openai import OpenAIServer, engine_argv
+from web import APIKeyMiddleware, chat_page
 
 SERVED_MODEL_NAME = "Qwen/Qwen2.5-7B-Instruct-AWQ"
 # Flags for vLLM's engine and OpenAI server, named as `vllm serve` takes them
@@ -47,7 +48,8 @@ def model_path() -> str:
     return local_path(MODEL)
 
 
-@bentoml.asgi_app(openai_server, path="/")
+@bentoml.asgi_app(openai_server, path="/")  # vLLM's own OpenAI app: /v1/*, /health, /tokenize, ...
+@bentoml.asgi_app(chat_page, path="/")  # /chat, a page that talks to /v1/chat/completions
 @bentoml.service(
     name="qwen2.5-7b-instruct-awq",
     traffic={"timeout": 300, "concurrency": 32},
@@ -95,3 +97,7 @@ class VLLM:
         messages = [{"role": "user", "content": prompt}]
         async for text in openai_server.stream_chat(messages, max_tokens=max_tokens, temperature=temperature):
             yield text
+
+
+# With $VLLM_API_KEY set at serve time, all routes but health, metrics and /chat need it.
+VLLM.add_asgi_middleware(APIKeyMiddleware)

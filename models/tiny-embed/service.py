@@ -16,6 +16,7 @@ import typing as t
 import bentoml
 
 from vllm_openai import OpenAIServer, engine_argv
+from web import APIKeyMiddleware, chat_page
 
 SERVED_MODEL_NAME = "tiny-embed"
 # Flags for vLLM's engine and OpenAI server, named as `vllm serve` takes them
@@ -44,7 +45,8 @@ def model_path() -> str:
     return local_path(MODEL)
 
 
-@bentoml.asgi_app(openai_server, path="/")
+@bentoml.asgi_app(openai_server, path="/")  # vLLM's own OpenAI app: /v1/*, /health, /tokenize, ...
+@bentoml.asgi_app(chat_page, path="/")  # /chat, a page that talks to /v1/chat/completions
 @bentoml.service(
     name="tiny-embed",
     traffic={"timeout": 60, "concurrency": 32},
@@ -85,3 +87,7 @@ class VLLM:
     async def embed(self, texts: list[str] = ["The capital of France is Paris."]) -> list[list[float]]:
         """One embedding vector per input text."""
         return await openai_server.embed(texts)
+
+
+# With $VLLM_API_KEY set at serve time, all routes but health, metrics and /chat need it.
+VLLM.add_asgi_middleware(APIKeyMiddleware)
