@@ -16,7 +16,7 @@ import typing as t
 import bentoml
 
 from vllm_openai import OpenAIServer, engine_argv
-from web import APIKeyMiddleware, chat_page
+from web import APIKeyMiddleware
 
 SERVED_MODEL_NAME = "tiny-embed"
 # Flags for vLLM's engine and OpenAI server, named as `vllm serve` takes them
@@ -46,7 +46,6 @@ def model_path() -> str:
 
 
 @bentoml.asgi_app(openai_server, path="/")  # vLLM's own OpenAI app: /v1/*, /health, /tokenize, ...
-@bentoml.asgi_app(chat_page, path="/")  # /chat, a page that talks to /v1/chat/completions
 @bentoml.service(
     name="tiny-embed",
     traffic={"timeout": 60, "concurrency": 32},
