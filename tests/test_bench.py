@@ -1,0 +1,44 @@
+"""`make bench` end to end on a very small load: both servers, the table, the JSON, the plot."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_small_benchmark_compares_both_sides(tmp_path):
+    out = tmp_path / "results"
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml-home")}  # bench.py imports the tiny model here
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--model", "tiny-dev", "--runs", "1",
+         "--concurrency", "2", "--num-prompts", "4", "--output-len", "8", "--out", str(out)],
+        env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    assert "Bento / vLLM for tiny-dev" in done.stdout and "cold start" in done.stdout
+    row = next(line for line in done.stdout.splitlines() if line.split()[:1] == ["2"])
+    assert row.count("[") == 5, row  # output tok/s, TTFT p50, TTFT p99, TPOT p50, TTFT p50 delta
+
+    (result_path,) = out.glob("tiny-dev-*.json")
+    record = json.loads(result_path.read_text())
+    assert [(r["side"], r["pair"]) for r in record["runs"]] == [("vllm", 1), ("bento", 1)]
+    for run in record["runs"]:
+        assert run["cold_start_s"] > 0
+        result = run["results"]["2"]
+        assert result["completed"] == 4 and result["failed"] == 0
+        assert result["total_output_tokens"] == 4 * 8  # ignore_eos: every request ran to --output-len
+        assert all(result[m] > 0 for m in ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms"))
+    assert record["vllm_argv"][:2] == ["--model", str(tmp_path / "bentoml-home" / "models" / "llm-bentos-tiny-dev" / "v2")]
+    assert record["summary"]["ratios_bento_over_vllm"]["2"]["output_throughput"]["median"] > 0
+
+    png = result_path.with_name(result_path.stem + ".png")
+    if importlib.util.find_spec("matplotlib"):
+        assert png.is_file() and png.stat().st_size > 0
+    else:
+        assert "plot skipped: matplotlib is not installed" in done.stdout and not png.exists()
