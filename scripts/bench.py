@@ -31,6 +31,8 @@ import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "templates")]
 
@@ -48,6 +50,7 @@ METRICS = {
     "median_ttft_ms": "TTFT p50",
     "p99_ttft_ms": "TTFT p99",
     "median_tpot_ms": "TPOT p50",
+    "server_cpu_s": "server CPU s",
 }
 # The servers run without an API key, so that neither side checks one.
 SERVER_ENV = {"VLLM_API_KEY": ""}
@@ -168,6 +171,23 @@ def run_benchmark_client(flags: list[str], result_path: Path) -> dict:
     return result
 
 
+def serving_process(server: ServerProcess, side: str) -> psutil.Process:
+    """The process that runs the HTTP side (not vLLM's engine core): vLLM's API server, or the
+    BentoML worker that holds vLLM's app. Its CPU time per run is the overhead yardstick."""
+    root = psutil.Process(server.process.pid)
+    if side == "vllm":
+        return root
+    workers = [p for p in root.children(recursive=True) if "_bentoml_impl.worker.service" in " ".join(p.cmdline())]
+    if len(workers) != 1:
+        raise RuntimeError(f"expected one BentoML worker under pid {root.pid}, found {len(workers)}")
+    return workers[0]
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
 def measure_side(side: str, pair: int, entry: Entry, argv: list[str], args: argparse.Namespace,
                  work: Path) -> dict:
     """Start one server, take its cold start, benchmark each concurrency, stop it."""
@@ -178,10 +198,14 @@ def measure_side(side: str, pair: int, entry: Entry, argv: list[str], args: argp
         cold_start = first_completion(server, entry.served_model_name)
         print(f"{label} cold start {cold_start:.1f}s (process start to first completion)", flush=True)
         results = {}
+        process = serving_process(server, side)
         for c in args.concurrency:
             result_path = work / f"{side}-{pair}-c{c}.json"
             flags = client_flags(server, entry.served_model_name, tokenizer, c, args, result_path)
+            cpu_before = cpu_seconds(process)
             results[str(c)] = result = run_benchmark_client(flags, result_path)
+            # Includes the warm-up requests; the same count on both sides.
+            result["server_cpu_s"] = cpu_seconds(process) - cpu_before
             print(f"{label} concurrency {c:3}: {key_numbers(result)}", flush=True)
     print(f"{label} stopped", flush=True)
     return {"side": side, "pair": pair, "cold_start_s": cold_start, "results": results}
@@ -190,7 +214,7 @@ def measure_side(side: str, pair: int, entry: Entry, argv: list[str], args: argp
 def key_numbers(result: dict) -> str:
     return (f"{result['output_throughput']:8.1f} output tok/s, TTFT p50 {result['median_ttft_ms']:7.1f} ms "
             f"p99 {result['p99_ttft_ms']:7.1f} ms, TPOT p50 {result['median_tpot_ms']:6.2f} ms "
-            f"({result['completed']} requests in {result['duration']:.1f}s)")
+            f"({result['completed']} requests in {result['duration']:.1f}s; server CPU {result['server_cpu_s']:.2f}s)")
 
 
 def run_vllm_bench_serve(argv: list[str]) -> int:

@@ -23,7 +23,7 @@ def test_small_benchmark_compares_both_sides(tmp_path):
 
     assert "Bento / vLLM for tiny-dev" in done.stdout and "cold start" in done.stdout
     row = next(line for line in done.stdout.splitlines() if line.split()[:1] == ["2"])
-    assert row.count("[") == 5, row  # output tok/s, TTFT p50, TTFT p99, TPOT p50, TTFT p50 delta
+    assert row.count("[") == 6, row  # tok/s, TTFT p50, TTFT p99, TPOT p50, server CPU, TTFT p50 delta
 
     (result_path,) = out.glob("tiny-dev-*.json")
     record = json.loads(result_path.read_text())
@@ -33,7 +33,7 @@ def test_small_benchmark_compares_both_sides(tmp_path):
         result = run["results"]["2"]
         assert result["completed"] == 4 and result["failed"] == 0
         assert result["total_output_tokens"] == 4 * 8  # ignore_eos: every request ran to --output-len
-        assert all(result[m] > 0 for m in ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms"))
+        assert all(result[m] > 0 for m in ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "server_cpu_s"))
     assert record["vllm_argv"][:2] == ["--model", str(tmp_path / "bentoml-home" / "models" / "llm-bentos-tiny-dev" / "v2")]
     assert record["summary"]["ratios_bento_over_vllm"]["2"]["output_throughput"]["median"] > 0
 
