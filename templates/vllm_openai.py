@@ -171,6 +171,9 @@ class OpenAIServer:
             async with self._serving(argv):
                 await self._stopping.wait()
         except Exception:
+            if self.app is not None:  # it had served: an error while stopping, not a failed start
+                logger.exception("vLLM stopped with an error")
+                return
             logger.exception("vLLM could not start with: vllm serve %s", " ".join(argv))
             stop_server(3)
         finally:
