@@ -9,9 +9,13 @@ import sys
 
 import pytest
 from catalog import load_catalog
+from opentelemetry.util.http import ExcludeList
 from conftest import ROOT
 
 ENTRIES = {e.name: e for e in load_catalog(ROOT / "catalog.yaml")}
+# vLLM's OpenAI routes, which stream, and the routes BentoML itself serves.
+VLLM_ROUTES = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/responses"]
+BENTOML_ROUTES = ["/livez", "/readyz", "/metrics", "/chat"]
 
 REPORT = """
 import json, service
@@ -56,3 +60,10 @@ def test_service_imports_alone_and_matches_catalog(tmp_path, name):
     assert report["apis"] == (["embed"] if entry.task == "embed" else ["generate"])
     source = entry.model.bentoml_tag or entry.model.id
     assert any(source in m for m in report["models"])
+
+    # BentoML's per-chunk tracing spans are off for vLLM's routes, still on for BentoML's own.
+    excluded = ExcludeList(report["config"]["tracing"]["excluded_urls"])  # as BentoML builds it
+    own_routes = BENTOML_ROUTES + [f"/{api}" for api in report["apis"]]
+    assert all(excluded.url_disabled(f"http://127.0.0.1:3000{path}") for path in VLLM_ROUTES)
+    assert not any(excluded.url_disabled(f"http://127.0.0.1:3000{path}") for path in own_routes)
+
