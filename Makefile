@@ -58,5 +58,5 @@ SECRET ?= huggingface
 deploy: ## deploy to BentoCloud: make deploy MODEL=name [SCALING_MIN=0 SCALING_MAX=2] [SECRET=huggingface] [DRY_RUN=1]
 	@$(PY) scripts/bento.py deploy "$(MODEL)" --scaling-min $(SCALING_MIN) --scaling-max $(SCALING_MAX) --secret "$(SECRET)" $(if $(DRY_RUN),--dry-run,)
 
-bench: ## Bento vs plain vLLM on the same weights, one server at a time: make bench [MODEL=tiny-dev]
-	$(PY) scripts/bench.py --model $(or $(MODEL),tiny-dev)
+bench: ## Bento vs plain vLLM on the same weights, one server at a time: make bench [MODEL=tiny-dev] [BENCH_ARGS="--runs 5"]
+	$(PY) scripts/bench.py --model $(or $(MODEL),tiny-dev) $(BENCH_ARGS)
