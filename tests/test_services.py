@@ -13,7 +13,7 @@ from opentelemetry.util.http import ExcludeList
 from conftest import ROOT
 
 ENTRIES = {e.name: e for e in load_catalog(ROOT / "catalog.yaml")}
-# vLLM's OpenAI routes, which stream, and the routes BentoML itself serves.
+# vLLM's OpenAI routes, which stream, and routes served outside vLLM's app.
 VLLM_ROUTES = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/responses"]
 BENTOML_ROUTES = ["/livez", "/readyz", "/metrics", "/chat"]
 
@@ -66,4 +66,3 @@ def test_service_imports_alone_and_matches_catalog(tmp_path, name):
     own_routes = BENTOML_ROUTES + [f"/{api}" for api in report["apis"]]
     assert all(excluded.url_disabled(f"http://127.0.0.1:3000{path}") for path in VLLM_ROUTES)
     assert not any(excluded.url_disabled(f"http://127.0.0.1:3000{path}") for path in own_routes)
-
