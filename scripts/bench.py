@@ -151,7 +151,7 @@ def client_flags(server: ServerProcess, model_name: str, tokenizer: str, concurr
         "--temperature", "0",
         "--num-prompts", str(max(args.num_prompts, 2 * concurrency)),
         "--max-concurrency", str(concurrency), "--num-warmups", str(concurrency),
-        "--disable-tqdm", "--save-result",
+        "--disable-tqdm", "--save-result", "--save-detailed",
         "--result-dir", str(result_path.parent), "--result-filename", result_path.name,
     ]
 
@@ -168,7 +168,20 @@ def run_benchmark_client(flags: list[str], result_path: Path) -> dict:
     result = json.loads(result_path.read_text())
     if result["failed"] or result["completed"] != result["num_prompts"]:
         raise RuntimeError(f"{result['failed']} of {result['num_prompts']} requests failed; see {log_path}")
+    result["stalled_streams"] = stalled_streams(result.pop("itls"))
+    result.pop("generated_texts", None)  # large, and the same on both sides (greedy, fixed seed)
     return result
+
+
+def stalled_streams(itls: list[list[float]]) -> int:
+    """Streams whose tokens all reached the client in one read (every gap under 1 ms).
+
+    On a machine with few cores the client, the serving process and vLLM's engine core take
+    turns on one core; when the scheduler holds one of them back, whole replies pile up and
+    arrive at once, and TTFT then measures the machine rather than the server. The count
+    per run shows how much of a run that was, on either side.
+    """
+    return sum(1 for gaps in itls if len(gaps) > 1 and max(gaps) < 0.001)
 
 
 def serving_process(server: ServerProcess, side: str) -> psutil.Process:
@@ -214,7 +227,8 @@ def measure_side(side: str, pair: int, entry: Entry, argv: list[str], args: argp
 def key_numbers(result: dict) -> str:
     return (f"{result['output_throughput']:8.1f} output tok/s, TTFT p50 {result['median_ttft_ms']:7.1f} ms "
             f"p99 {result['p99_ttft_ms']:7.1f} ms, TPOT p50 {result['median_tpot_ms']:6.2f} ms "
-            f"({result['completed']} requests in {result['duration']:.1f}s; server CPU {result['server_cpu_s']:.2f}s)")
+            f"({result['completed']} requests in {result['duration']:.1f}s; server CPU {result['server_cpu_s']:.2f}s; "
+            f"{result['stalled_streams']} stalled streams)")
 
 
 def run_vllm_bench_serve(argv: list[str]) -> int:
@@ -252,6 +266,8 @@ def summarize(runs: list[dict], concurrencies: list[int]) -> dict:
         row = {m: spread([ratio(b["results"][c][m], v["results"][c][m]) for v, b in both]) for m in METRICS}
         row["ttft_p50_delta_ms"] = spread([b["results"][c]["median_ttft_ms"] - v["results"][c]["median_ttft_ms"]
                                            for v, b in both])
+        row["stalled_streams"] = {side: [r["results"][c]["stalled_streams"] for r in runs if r["side"] == side]
+                                  for side in SIDES}
         per_concurrency[c] = row
     return {
         "pairs": len(both),
@@ -273,6 +289,11 @@ def summary_table(summary: dict, model: str) -> str:
     for c, row in summary["ratios_bento_over_vllm"].items():
         cells = [fmt(row[m], ".2f") for m in METRICS] + [fmt(row["ttft_p50_delta_ms"], "+.1f")]
         lines.append(f"{c:>11}  " + "  ".join(f"{cell:>23}" for cell in cells))
+    lines.append(f"{'':>11}  stalled streams per run (all tokens in one read: the machine, not the server, "
+                 "set their latency):")
+    for c, row in summary["ratios_bento_over_vllm"].items():
+        stalled = row["stalled_streams"]
+        lines.append(f"{c:>11}  vLLM {stalled['vllm']}  Bento {stalled['bento']}")
     cold = summary["cold_start_s"]
     lines.append(f"{'cold start':>11}  {fmt(summary['cold_start_ratio'], '.2f'):>23}   "
                  f"(vLLM {fmt(cold['vllm'], '.1f')} s, Bento {fmt(cold['bento'], '.1f')} s)")

@@ -34,11 +34,28 @@ def test_small_benchmark_compares_both_sides(tmp_path):
         assert result["completed"] == 4 and result["failed"] == 0
         assert result["total_output_tokens"] == 4 * 8  # ignore_eos: every request ran to --output-len
         assert all(result[m] > 0 for m in ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "server_cpu_s"))
+        assert 0 <= result["stalled_streams"] <= 4 and "itls" not in result
     assert record["vllm_argv"][:2] == ["--model", str(tmp_path / "bentoml-home" / "models" / "llm-bentos-tiny-dev" / "v2")]
-    assert record["summary"]["ratios_bento_over_vllm"]["2"]["output_throughput"]["median"] > 0
+    summary = record["summary"]["ratios_bento_over_vllm"]["2"]
+    assert summary["output_throughput"]["median"] > 0
+    stalled = {side: [r["results"]["2"]["stalled_streams"] for r in record["runs"] if r["side"] == side]
+               for side in ("vllm", "bento")}
+    assert summary["stalled_streams"] == stalled
+    assert f"vLLM {stalled['vllm']}  Bento {stalled['bento']}" in done.stdout
 
     png = result_path.with_name(result_path.stem + ".png")
     if importlib.util.find_spec("matplotlib"):
         assert png.is_file() and png.stat().st_size > 0
     else:
         assert "plot skipped: matplotlib is not installed" in done.stdout and not png.exists()
+
+
+def test_stalled_streams_are_those_whose_tokens_all_came_in_one_read():
+    from bench import stalled_streams
+
+    streamed = [0.004, 0.003, 0.005]
+    piled_up = [0.0001, 0.00002, 0.0003]
+    one_late_gap = [0.0001, 0.002, 0.0001]
+    single_token = [0.0001]  # a reply of two tokens says nothing about streaming
+    assert stalled_streams([streamed, piled_up, one_late_gap, single_token, piled_up]) == 2
+    assert stalled_streams([]) == 0

@@ -185,6 +185,9 @@ def test_32_concurrent_chats(tiny_server):
 def test_metrics_has_bentoml_and_vllm_series(tiny_server):
     metrics = httpx.get(f"{tiny_server.url}/metrics", timeout=10).text
     assert "vllm:generation_tokens" in metrics and "vllm:time_to_first_token_seconds" in metrics
+    assert re.search(r"^bentoml_service_request_total\{", metrics, re.M), "BentoML's own request counter"
+    families = re.findall(r"^# TYPE (\S+) ", metrics, re.M)
+    assert len(families) == len(set(families)), "every metric family is exported once"
 
 
 WEATHER_TOOL = {

@@ -66,3 +66,34 @@ def test_service_imports_alone_and_matches_catalog(tmp_path, name):
     own_routes = BENTOML_ROUTES + [f"/{api}" for api in report["apis"]]
     assert all(excluded.url_disabled(f"http://127.0.0.1:3000{path}") for path in VLLM_ROUTES)
     assert not any(excluded.url_disabled(f"http://127.0.0.1:3000{path}") for path in own_routes)
+
+
+METRICS_SPLIT = """
+import json, prometheus_client as pc, vllm_openai
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+vllm_openai.keep_vllm_metrics_in_process()
+vllm_openai.keep_vllm_metrics_in_process()  # a second call changes nothing
+tokens, requests = pc.Counter("vllm:generation_tokens", "t"), pc.Counter("bentoml_service_request", "r")
+tokens.inc(7); requests.inc(2)
+shared = CollectorRegistry(); multiprocess.MultiProcessCollector(shared)  # what BentoML's /metrics reads
+print(json.dumps({"values": [type(tokens._value).__name__, type(requests._value).__name__],
+                  "shared": generate_latest(shared).decode(), "vllm": vllm_openai.vllm_metrics_text()}))
+"""
+
+
+def test_vllm_metrics_stay_in_process_and_bentoml_metrics_stay_shared(tmp_path):
+    """Under `bentoml serve` (PROMETHEUS_MULTIPROC_DIR set) vLLM's values live in memory, not in
+    BentoML's mmap files, and /metrics gets them once, from vllm_metrics_text."""
+    folder = tmp_path / "copied-away"
+    shutil.copytree(ROOT / "models" / "tiny-dev", folder)
+    (tmp_path / "prom").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", "import sys; sys.path.insert(0, '.');" + METRICS_SPLIT],
+        cwd=folder, capture_output=True, text=True, timeout=120,
+        env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["values"] == ["MutexValue", "MmapedValue"]
+    assert "bentoml_service_request_total 2.0" in report["shared"] and "vllm:" not in report["shared"]
+    assert "vllm:generation_tokens_total 7.0" in report["vllm"] and "bentoml" not in report["vllm"]

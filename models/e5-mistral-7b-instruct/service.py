@@ -15,7 +15,7 @@ import typing as t
 
 import bentoml
 
-from vllm_openai import OpenAIServer, engine_argv
+from vllm_openai import OpenAIServer, engine_argv, vllm_metrics_text
 from web import APIKeyMiddleware
 
 SERVED_MODEL_NAME = "intfloat/e5-mistral-7b-instruct"
@@ -86,6 +86,10 @@ class VLLM:
 
     def __is_alive__(self) -> bool:
         return openai_server.alive
+
+    def __metrics__(self, content: str) -> str:
+        """BentoML's /metrics, with vLLM's metrics (kept in this process) appended."""
+        return content + vllm_metrics_text()
 
     @bentoml.api
     async def embed(self, texts: list[str] = ["The capital of France is Paris."]) -> list[list[float]]:

@@ -15,7 +15,7 @@ import typing as t
 
 import bentoml
 
-from vllm_openai import OpenAIServer, engine_argv
+from vllm_openai import OpenAIServer, engine_argv, vllm_metrics_text
 from web import APIKeyMiddleware, chat_page
 
 SERVED_MODEL_NAME = "solidrust/Mistral-7B-Instruct-v0.3-AWQ"
@@ -87,6 +87,10 @@ class VLLM:
 
     def __is_alive__(self) -> bool:
         return openai_server.alive
+
+    def __metrics__(self, content: str) -> str:
+        """BentoML's /metrics, with vLLM's metrics (kept in this process) appended."""
+        return content + vllm_metrics_text()
 
     @bentoml.api
     async def generate(

@@ -21,6 +21,7 @@ import typing as t
 logger = logging.getLogger("bentoml.service")
 
 LOADING_MESSAGE = "The model is still loading; retry when /readyz answers 200."
+VLLM_METRIC_PREFIX = "vllm:"
 
 
 def engine_argv(model_path: str, config: t.Mapping[str, t.Any]) -> list[str]:
@@ -62,6 +63,41 @@ async def send_openai_error(send, status: int, message: str, err_type: str) -> N
         }
     )
     await send({"type": "http.response.body", "body": body.encode()})
+
+
+def keep_vllm_metrics_in_process() -> None:
+    """Give vLLM's Prometheus metrics plain in-memory values; every other metric keeps BentoML's.
+
+    `bentoml serve` sets PROMETHEUS_MULTIPROC_DIR, so each Prometheus value is an entry in an
+    mmap'ed file that BentoML's /metrics merges across workers: about ten times the cost of an
+    in-memory value. vLLM observes histograms for every generated token, which made this the
+    largest share of the Bento's extra CPU per token (README, Performance). This service runs
+    one worker, so vLLM's values need no merging; `vllm_metrics_text` exports them. Must run
+    before vLLM creates its metrics, i.e. before vLLM is imported.
+    """
+    from prometheus_client import values
+
+    shared_value = values.ValueClass
+    if not getattr(shared_value, "_multiprocess", False):  # not multiprocess mode, or done already
+        return
+
+    def value_class(typ, metric_name, *args, **kwargs):
+        chosen = values.MutexValue if metric_name.startswith(VLLM_METRIC_PREFIX) else shared_value
+        return chosen(typ, metric_name, *args, **kwargs)
+
+    values.ValueClass = value_class
+
+
+def vllm_metrics_text() -> str:
+    """vLLM's in-process metrics in Prometheus' text format, to append to BentoML's /metrics."""
+    from prometheus_client import REGISTRY, generate_latest
+
+    class VLLMMetrics:
+        @staticmethod
+        def collect():
+            return (m for m in REGISTRY.collect() if m.name.startswith(VLLM_METRIC_PREFIX))
+
+    return generate_latest(VLLMMetrics()).decode()
 
 
 def stop_server(exit_code: int) -> None:
@@ -158,6 +194,7 @@ class OpenAIServer:
 
     def start(self, argv: list[str]) -> None:
         """Start vLLM's engine and app in the background, so health checks answer meanwhile."""
+        keep_vllm_metrics_in_process()
         self._stopping = asyncio.Event()
         self._task = asyncio.create_task(self._run(argv))
 
