@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -176,10 +177,10 @@ def run_benchmark_client(flags: list[str], result_path: Path) -> dict:
 def stalled_streams(itls: list[list[float]]) -> int:
     """Streams whose tokens all reached the client in one read (every gap under 1 ms).
 
-    On a machine with few cores the client, the serving process and vLLM's engine core take
-    turns on one core; when the scheduler holds one of them back, whole replies pile up and
-    arrive at once, and TTFT then measures the machine rather than the server. The count
-    per run shows how much of a run that was, on either side.
+    With kernel autogroup scheduling (see `autogroup_warning`) the client can wait for a CPU
+    until the server's burst of work is over; its replies then arrive whole, and TTFT
+    measures the machine rather than the server. The count per run shows how much of a run
+    that was, on either side.
     """
     return sum(1 for gaps in itls if len(gaps) > 1 and max(gaps) < 0.001)
 
@@ -289,8 +290,8 @@ def summary_table(summary: dict, model: str) -> str:
     for c, row in summary["ratios_bento_over_vllm"].items():
         cells = [fmt(row[m], ".2f") for m in METRICS] + [fmt(row["ttft_p50_delta_ms"], "+.1f")]
         lines.append(f"{c:>11}  " + "  ".join(f"{cell:>23}" for cell in cells))
-    lines.append(f"{'':>11}  stalled streams per run (all tokens in one read: the machine, not the server, "
-                 "set their latency):")
+    lines.append(f"{'':>11}  stalled streams per run (all tokens in one read: the client had waited "
+                 "for a CPU):")
     for c, row in summary["ratios_bento_over_vllm"].items():
         stalled = row["stalled_streams"]
         lines.append(f"{c:>11}  vLLM {stalled['vllm']}  Bento {stalled['bento']}")
@@ -333,6 +334,31 @@ def plot(runs: list[dict], concurrencies: list[int], path: Path, model: str) -> 
 # --- the whole benchmark ---------------------------------------------------------------------
 
 
+AUTOGROUP_SETTING = Path("/proc/sys/kernel/sched_autogroup_enabled")
+
+
+def autogroup_enabled() -> bool | None:
+    """Linux's autogroup scheduling setting (None where the kernel has none)."""
+    try:
+        return AUTOGROUP_SETTING.read_text().strip() == "1"
+    except OSError:
+        return None
+
+
+def autogroup_warning() -> str:
+    """Why results are noisy with autogroup on, and the fix.
+
+    With autogroup the kernel shares CPU time between sessions before tasks. BentoML's
+    supervisor starts its worker in a session of its own, so both servers get one here;
+    the client is in another. On few cores, while a server's session is busy generating,
+    the client's session can wait seconds for a CPU (measured: the client runnable but not
+    running for the whole 2 s of a generation), and every stream in flight stalls.
+    """
+    return (f"note: {AUTOGROUP_SETTING} is 1: the client can be starved of CPU by the server it measures "
+            "(stalled streams below). For steady numbers on a small machine, run as root "
+            "`sysctl kernel.sched_autogroup_enabled=0` before, and set it back to 1 after.")
+
+
 def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -361,13 +387,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bento side: bentoml serve models/{entry.name}")
     print(f"{args.runs} pair(s), concurrency {' '.join(map(str, args.concurrency))}, "
           f"input {args.input_len} / output {args.output_len} tokens; logs in {work}/", flush=True)
+    machine = {"cpus": os.cpu_count(), "sched_autogroup_enabled": autogroup_enabled()}
+    if machine["sched_autogroup_enabled"]:
+        print(autogroup_warning(), flush=True)
 
     runs = [measure_side(side, pair, entry, vllm_argv, args, work)
             for pair in range(1, args.runs + 1) for side in SIDES]
     summary = summarize(runs, args.concurrency)
     record = {
         "model": entry.name, "served_model_name": entry.served_model_name, "created_utc": stamp,
-        "versions": versions(), "vllm_argv": vllm_argv,
+        "versions": versions(), "machine": machine, "vllm_argv": vllm_argv,
         "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                      "seed": SEED, "temperature": 0, "backend": "openai", "endpoint": "/v1/completions"},
         "runs": runs, "summary": summary,
@@ -376,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     json_path.write_text(json.dumps(record, indent=2) + "\n")
     print()
     print(summary_table(summary, entry.name))
+    if machine["sched_autogroup_enabled"]:
+        print(autogroup_warning())
     print(f"\nraw results: {json_path}")
     if png := plot(runs, args.concurrency, Path(f"{stem}.png"), entry.name):
         print(f"plot: {png}")

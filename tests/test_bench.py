@@ -35,6 +35,9 @@ def test_small_benchmark_compares_both_sides(tmp_path):
         assert result["total_output_tokens"] == 4 * 8  # ignore_eos: every request ran to --output-len
         assert all(result[m] > 0 for m in ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "server_cpu_s"))
         assert 0 <= result["stalled_streams"] <= 4 and "itls" not in result
+    autogroup = bench_module().autogroup_enabled()
+    assert record["machine"] == {"cpus": os.cpu_count(), "sched_autogroup_enabled": autogroup}
+    assert (bench_module().autogroup_warning() in done.stdout) == bool(autogroup)
     assert record["vllm_argv"][:2] == ["--model", str(tmp_path / "bentoml-home" / "models" / "llm-bentos-tiny-dev" / "v2")]
     summary = record["summary"]["ratios_bento_over_vllm"]["2"]
     assert summary["output_throughput"]["median"] > 0
@@ -50,8 +53,14 @@ def test_small_benchmark_compares_both_sides(tmp_path):
         assert "plot skipped: matplotlib is not installed" in done.stdout and not png.exists()
 
 
+def bench_module():
+    import bench
+
+    return bench
+
+
 def test_stalled_streams_are_those_whose_tokens_all_came_in_one_read():
-    from bench import stalled_streams
+    stalled_streams = bench_module().stalled_streams
 
     streamed = [0.004, 0.003, 0.005]
     piled_up = [0.0001, 0.00002, 0.0003]
@@ -59,3 +68,14 @@ def test_stalled_streams_are_those_whose_tokens_all_came_in_one_read():
     single_token = [0.0001]  # a reply of two tokens says nothing about streaming
     assert stalled_streams([streamed, piled_up, one_late_gap, single_token, piled_up]) == 2
     assert stalled_streams([]) == 0
+
+
+def test_autogroup_setting_is_read_from_the_kernel(tmp_path, monkeypatch):
+    bench = bench_module()
+    setting = tmp_path / "sched_autogroup_enabled"
+    monkeypatch.setattr(bench, "AUTOGROUP_SETTING", setting)
+    assert bench.autogroup_enabled() is None  # no such setting in this kernel
+    setting.write_text("1\n")
+    assert bench.autogroup_enabled() is True
+    setting.write_text("0\n")
+    assert bench.autogroup_enabled() is False

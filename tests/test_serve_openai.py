@@ -148,16 +148,19 @@ def test_server_still_serves_after_bad_input(client, tiny_server):
 
 def engine_metric(url: str, name: str) -> float:
     metrics = httpx.get(f"{url}/metrics", timeout=10).text
-    values = [float(v) for v in re.findall(rf"^{re.escape(name)}\{{[^}}]*\}} ([0-9.e+-]+)$", metrics, re.M)]
+    name, _, label = name.partition("{")  # an optional label to match: 'metric{key="value"}'
+    values = [float(v) for line, v in re.findall(rf"^({re.escape(name)}\{{[^}}]*\}}) ([0-9.e+-]+)$", metrics, re.M)
+              if label.rstrip("}") in line]
     assert values, f"{name} is exported on /metrics"
     return sum(values)
 
 
-def test_client_disconnect_frees_the_engine(tiny_server):
-    """A long stream dropped after its first chunk: the engine stops generating for it."""
-    url, max_tokens = tiny_server.url, 1000
+def drop_a_long_stream(url: str, max_tokens: int) -> tuple[float, bool]:
+    """Read one chunk of a long stream and hang up; the tokens the engine made for it, and
+    whether the request ran to its end (finished_reason "length") before the engine let go."""
     body = {"model": "tiny-dev", "messages": CHAT, "max_tokens": max_tokens, "stream": True, "ignore_eos": True}
     tokens_before = engine_metric(url, "vllm:generation_tokens_total")
+    ended_before = engine_metric(url, 'vllm:request_success_total{finished_reason="length"}')
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as response:
         lines = response.iter_lines()
         assert '"content"' in next(line for line in lines if '"content"' in line), "generation has begun"
@@ -166,6 +169,23 @@ def test_client_disconnect_frees_the_engine(tiny_server):
         assert time.monotonic() < deadline, "the dropped request still runs in the engine"
         time.sleep(0.2)
     generated = engine_metric(url, "vllm:generation_tokens_total") - tokens_before
+    ran_to_end = engine_metric(url, 'vllm:request_success_total{finished_reason="length"}') > ended_before
+    return generated, ran_to_end
+
+
+def test_client_disconnect_frees_the_engine(tiny_server):
+    """A long stream dropped after its first chunk: the engine stops generating for it.
+
+    On a 2-core machine with kernel autogroup scheduling the client can wait on the CPU
+    until the server has finished (README, Performance): then its first chunk comes with
+    the last, and there is nothing left to stop. Such tries do not count; three do.
+    """
+    max_tokens = 1000
+    for _ in range(3):
+        generated, ran_to_end = drop_a_long_stream(tiny_server.url, max_tokens)
+        if not ran_to_end:
+            break
+    assert not ran_to_end, "three dropped streams all ran to max_tokens: disconnects do not reach the engine"
     assert generated < max_tokens / 2, f"{generated:.0f} of {max_tokens} tokens generated for a dropped stream"
 
 
@@ -238,8 +258,9 @@ def test_invalid_schema_is_a_400(tiny_server):
 def test_tool_call_arguments_match_the_parameters(client, tool_choice):
     reply = client.chat.completions.create(
         model="tiny-dev", messages=[{"role": "user", "content": "Weather in Paris?"}], max_tokens=200,
-        tools=[WEATHER_TOOL], tool_choice=tool_choice,
+        tools=[WEATHER_TOOL], tool_choice=tool_choice, parallel_tool_calls=False,
     )
     calls = reply.choices[0].message.tool_calls
-    assert calls and calls[0].function.name == "get_weather"
+    # parallel_tool_calls=False lets the grammar allow one call; a random model would otherwise add calls until max_tokens.
+    assert calls and len(calls) == 1 and calls[0].function.name == "get_weather"
     jsonschema.validate(json.loads(calls[0].function.arguments), WEATHER_TOOL["function"]["parameters"])
