@@ -62,9 +62,9 @@ def bench_module():
 def test_stalled_streams_are_those_whose_tokens_all_came_in_one_read():
     stalled_streams = bench_module().stalled_streams
 
-    streamed = [0.004, 0.003, 0.005]
-    piled_up = [0.0001, 0.00002, 0.0003]
-    one_late_gap = [0.0001, 0.002, 0.0001]
+    streamed = [0.0009, 0.0012, 0.0009]  # one stream alone: a token every engine step
+    piled_up = [0.00005, 0.00002, 0.00015]
+    one_late_gap = [0.00005, 0.0009, 0.00005]
     single_token = [0.0001]  # a reply of two tokens says nothing about streaming
     assert stalled_streams([streamed, piled_up, one_late_gap, single_token, piled_up]) == 2
     assert stalled_streams([]) == 0

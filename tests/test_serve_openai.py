@@ -206,6 +206,7 @@ def test_metrics_has_bentoml_and_vllm_series(tiny_server):
     metrics = httpx.get(f"{tiny_server.url}/metrics", timeout=10).text
     assert "vllm:generation_tokens" in metrics and "vllm:time_to_first_token_seconds" in metrics
     assert re.search(r"^bentoml_service_request_total\{", metrics, re.M), "BentoML's own request counter"
+    assert re.search(r'^http_requests_total\{.*handler="/v1/chat/completions"', metrics, re.M), "vLLM's HTTP counter"
     families = re.findall(r"^# TYPE (\S+) ", metrics, re.M)
     assert len(families) == len(set(families)), "every metric family is exported once"
 
