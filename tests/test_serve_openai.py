@@ -203,6 +203,8 @@ def test_32_concurrent_chats(tiny_server):
 
 
 def test_metrics_has_bentoml_and_vllm_series(tiny_server):
+    body = {"model": "tiny-dev", "messages": CHAT, "max_tokens": 2}
+    assert httpx.post(f"{tiny_server.url}/v1/chat/completions", json=body, timeout=60).status_code == 200
     metrics = httpx.get(f"{tiny_server.url}/metrics", timeout=10).text
     assert "vllm:generation_tokens" in metrics and "vllm:time_to_first_token_seconds" in metrics
     assert re.search(r"^bentoml_service_request_total\{", metrics, re.M), "BentoML's own request counter"
