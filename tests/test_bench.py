@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import bench
 from conftest import ROOT
 
 
@@ -35,9 +36,9 @@ def test_small_benchmark_compares_both_sides(tmp_path):
         assert result["total_output_tokens"] == 4 * 8  # ignore_eos: every request ran to --output-len
         assert all(result[m] > 0 for m in ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "server_cpu_s"))
         assert 0 <= result["stalled_streams"] <= 4 and "itls" not in result
-    autogroup = bench_module().autogroup_enabled()
+    autogroup = bench.autogroup_enabled()
     assert record["machine"] == {"cpus": os.cpu_count(), "sched_autogroup_enabled": autogroup}
-    assert (bench_module().autogroup_warning() in done.stdout) == bool(autogroup)
+    assert (bench.autogroup_warning() in done.stdout) == bool(autogroup)
     assert record["vllm_argv"][:2] == ["--model", str(tmp_path / "bentoml-home" / "models" / "llm-bentos-tiny-dev" / "v2")]
     summary = record["summary"]["ratios_bento_over_vllm"]["2"]
     assert summary["output_throughput"]["median"] > 0
@@ -53,14 +54,8 @@ def test_small_benchmark_compares_both_sides(tmp_path):
         assert "plot skipped: matplotlib is not installed" in done.stdout and not png.exists()
 
 
-def bench_module():
-    import bench
-
-    return bench
-
-
 def test_stalled_streams_are_those_whose_tokens_all_came_in_one_read():
-    stalled_streams = bench_module().stalled_streams
+    stalled_streams = bench.stalled_streams
 
     streamed = [0.0009, 0.0012, 0.0009]  # one stream alone: a token every engine step
     piled_up = [0.00005, 0.00002, 0.00015]
@@ -71,7 +66,6 @@ def test_stalled_streams_are_those_whose_tokens_all_came_in_one_read():
 
 
 def test_autogroup_setting_is_read_from_the_kernel(tmp_path, monkeypatch):
-    bench = bench_module()
     setting = tmp_path / "sched_autogroup_enabled"
     monkeypatch.setattr(bench, "AUTOGROUP_SETTING", setting)
     assert bench.autogroup_enabled() is None  # no such setting in this kernel
