@@ -15,6 +15,7 @@ import typing as t
 
 import bentoml
 
+from bentoml_fixes import cancel_request_timers
 from vllm_openai import OpenAIServer, engine_argv, vllm_metrics_text
 from web import APIKeyMiddleware, chat_page
 
@@ -35,6 +36,7 @@ MODEL = bentoml.models.HuggingFaceModel(
 )
 
 openai_server = OpenAIServer()
+cancel_request_timers()  # BentoML's request timeout leaves a timer per request behind otherwise
 
 
 def local_path(model) -> str:
