@@ -4,8 +4,9 @@ Copied verbatim into every generated model folder from templates/vllm_openai.py 
 scripts/generate.py (the generator imports it too, to check catalog entries with vLLM's
 own argument parser). Nothing here re-implements vLLM: the routes, request validation,
 error objects and metrics are vLLM's; this module only starts the engine in the
-background, hands requests to vLLM's app once it is ready, and stops the server when
-the engine cannot start.
+background, hands requests to vLLM's app once it is ready, stops the server when the
+engine cannot start, and keeps vLLM's metrics cheap inside BentoML (in memory, without
+a second copy of BentoML's request metrics).
 """
 
 from __future__ import annotations
