@@ -2,6 +2,7 @@
 
     python scripts/bench.py [--model tiny-dev] [--runs 3] [--concurrency 1 8 32] [--num-prompts 64]
                             [--input-len 64] [--output-len 64] [--out bench/results]
+    python scripts/bench.py --pool bench/results/A.json bench/results/B.json ...
 
 Two sides, one server at a time (two engines on one machine distort each other), in the
 order vLLM, Bento, vLLM, Bento, ... for --runs pairs:
@@ -16,7 +17,8 @@ ignore_eos, greedy, /v1/completions, after a warm-up of one request per concurre
 each concurrency, in a child process. At the end
 it prints Bento / vLLM ratios (median over the pairs, [min-max]) and writes the raw results
 as bench/results/<model>-<UTC time>.json, a plot beside it (.png, needs matplotlib) and the
-server and client logs in a folder of the same name.
+server and client logs in a folder of the same name. With --pool it measures nothing and
+prints the same table over the pairs of earlier result files together.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -66,6 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--input-len", type=int, default=64, help="prompt tokens (default: 64)")
     parser.add_argument("--output-len", type=int, default=64, help="generated tokens, EOS ignored (default: 64)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="(default: bench/results)")
+    parser.add_argument("--pool", type=Path, nargs="+", metavar="RESULT_JSON",
+                        help="measure nothing: summarize the pairs of these earlier result files together")
     args = parser.parse_args(argv)
     if args.runs < 1 or min(args.concurrency) < 1 or args.num_prompts < 1:
         parser.error("--runs, --concurrency and --num-prompts must be positive")
@@ -256,6 +261,15 @@ def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": values}
 
 
+def median_interval(values: list[float], level: float = 0.9, draws: int = 2000) -> tuple[float, float]:
+    """Bootstrap interval of the median: where the median could land with other pairs drawn
+    from the same machine (pairs resampled with replacement, fixed seed)."""
+    rng = random.Random(SEED)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(draws))
+    cut = int(draws * (1 - level) / 2)
+    return medians[cut], medians[-cut - 1]
+
+
 def ratio(bento: float, vllm: float) -> float:
     return bento / vllm if vllm else float("nan")
 
@@ -268,6 +282,7 @@ def summarize(runs: list[dict], concurrencies: list[int]) -> dict:
         row = {m: spread([ratio(b["results"][c][m], v["results"][c][m]) for v, b in both]) for m in METRICS}
         row["ttft_p50_delta_ms"] = spread([b["results"][c]["median_ttft_ms"] - v["results"][c]["median_ttft_ms"]
                                            for v, b in both])
+        row["output_throughput"]["interval90"] = median_interval(row["output_throughput"]["values"])
         row["stalled_streams"] = {side: [r["results"][c]["stalled_streams"] for r in runs if r["side"] == side]
                                   for side in SIDES}
         per_concurrency[c] = row
@@ -291,6 +306,10 @@ def summary_table(summary: dict, model: str) -> str:
     for c, row in summary["ratios_bento_over_vllm"].items():
         cells = [fmt(row[m], ".2f") for m in METRICS] + [fmt(row["ttft_p50_delta_ms"], "+.1f")]
         lines.append(f"{c:>11}  " + "  ".join(f"{cell:>23}" for cell in cells))
+    lines.append(f"{'':>11}  output tok/s ratio, 90% bootstrap interval of the median over the pairs:")
+    for c, row in summary["ratios_bento_over_vllm"].items():
+        low, high = row["output_throughput"]["interval90"]
+        lines.append(f"{c:>11}  {low:.2f} – {high:.2f}")
     lines.append(f"{'':>11}  stalled streams per run (all tokens in one read: the client had waited "
                  "for a CPU):")
     for c, row in summary["ratios_bento_over_vllm"].items():
@@ -360,6 +379,21 @@ def autogroup_warning() -> str:
             "`sysctl kernel.sched_autogroup_enabled=0` before, and set it back to 1 after.")
 
 
+def pooled_runs(paths: list[Path]) -> tuple[str, list[dict], list[int]]:
+    """Earlier result files as one series of pairs: the model, the runs (pairs numbered on
+    across files) and the concurrencies every file measured."""
+    records = [json.loads(path.read_text()) for path in paths]
+    shapes = {(r["model"], r["settings"]["input_len"], r["settings"]["output_len"]) for r in records}
+    if len(shapes) != 1:
+        raise SystemExit(f"--pool: the files measure different models or lengths (model, in, out): {sorted(shapes)}")
+    runs, offset = [], 0
+    for record in records:
+        runs += [{**run, "pair": run["pair"] + offset} for run in record["runs"]]
+        offset += len(pairs(record["runs"]))
+    concurrencies = sorted(set.intersection(*(set(r["settings"]["concurrency"]) for r in records)))
+    return shapes.pop()[0], runs, concurrencies
+
+
 def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -377,6 +411,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == [CLIENT_COMMAND]:
         return run_vllm_bench_serve(argv[1:])
     args = parse_args(argv)
+    if args.pool:
+        model, runs, concurrencies = pooled_runs(args.pool)
+        print(summary_table(summarize(runs, concurrencies), model))
+        return 0
     entry = catalog_entry(args.model)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     stem = args.out / f"{entry.name}-{stamp}"

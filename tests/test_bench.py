@@ -46,6 +46,15 @@ def test_small_benchmark_compares_both_sides(tmp_path):
                for side in ("vllm", "bento")}
     assert summary["stalled_streams"] == stalled
     assert f"vLLM {stalled['vllm']}  Bento {stalled['bento']}" in done.stdout
+    assert summary["output_throughput"]["interval90"] == [summary["output_throughput"]["median"]] * 2  # one pair
+
+    # --pool: the same file twice is two pairs with the same ratios, and the same table.
+    pooled = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--pool", str(result_path), str(result_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert pooled.returncode == 0, pooled.stderr[-3000:]
+    assert "Bento / vLLM for tiny-dev: median over 2 pair(s)" in pooled.stdout
+    pooled_row = next(line for line in pooled.stdout.splitlines() if line.split()[:1] == ["2"])
+    assert pooled_row == row
 
     png = result_path.with_name(result_path.stem + ".png")
     if importlib.util.find_spec("matplotlib"):
@@ -73,3 +82,11 @@ def test_autogroup_setting_is_read_from_the_kernel(tmp_path, monkeypatch):
     assert bench.autogroup_enabled() is True
     setting.write_text("0\n")
     assert bench.autogroup_enabled() is False
+
+
+def test_median_interval_brackets_the_median_and_is_repeatable():
+    values = [0.8, 0.9, 1.0, 1.1, 1.2] * 4
+    low, high = bench.median_interval(values)
+    assert 0.8 <= low < 1.0 < high <= 1.2
+    assert bench.median_interval(values) == (low, high)  # fixed seed: the same table every time
+    assert bench.median_interval(values * 25) == (1.0, 1.0)  # 500 pairs: the median hardly moves
