@@ -140,4 +140,3 @@ def test_chat_page_streams_and_stops(keyed_server, browser):
         page.wait_for_function("document.getElementById('model').textContent === 'tiny-dev'")
     page.screenshot(path=str(ARTIFACTS / "chat-page.png"), full_page=True)
     assert stopped == "true", "the generation was stopped from the page"
-    assert page.inner_text("#error") == ""
