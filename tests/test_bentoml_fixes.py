@@ -1,4 +1,4 @@
-"""BentoML's request timeout, with the generated services' fix: same answers, no timer left behind."""
+"""BentoML's request timeout, with the generated services' fix: same answers, no timer or task left behind."""
 
 from __future__ import annotations
 
@@ -19,6 +19,21 @@ async def silent_app(scope, receive, send) -> None:
     await asyncio.sleep(30)  # never sends a byte
 
 
+async def slow_stream_app(scope, receive, send) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await asyncio.sleep(0.5)  # longer than the timeout, after the first byte
+    await send({"type": "http.response.body", "body": b"token", "more_body": False})
+
+
+async def failing_app(scope, receive, send) -> None:
+    await asyncio.wait_for(asyncio.sleep(30), 0.01)  # the app's own TimeoutError
+
+
+async def request_task_app(scope, receive, send) -> None:
+    scope["app_task"] = asyncio.current_task()
+    await streaming_app(scope, receive, send)
+
+
 def call(middleware: TimeoutMiddleware) -> tuple[list[dict], int]:
     """One HTTP request through the middleware: the messages sent, and the loop's live timers after it."""
     sent: list[dict] = []
@@ -30,7 +45,9 @@ def call(middleware: TimeoutMiddleware) -> tuple[list[dict], int]:
         sent.append(message)
 
     async def run() -> int:
-        await middleware({"type": "http", "path": "/v1/completions"}, receive, send)
+        scope = {"type": "http", "path": "/v1/completions"}
+        await middleware(scope, receive, send)
+        sent.append({"app_ran_in_request_task": scope.get("app_task") is asyncio.current_task()})
         await asyncio.sleep(0)  # let a cancelled app task finish cancelling
         loop = asyncio.get_running_loop()
         return sum(not handle.cancelled() for handle in loop._scheduled)  # asyncio's pending timers
@@ -42,22 +59,36 @@ def call(middleware: TimeoutMiddleware) -> tuple[list[dict], int]:
 @pytest.fixture
 def fixed_timeout(monkeypatch):
     monkeypatch.setattr(TimeoutMiddleware, "__call__", TimeoutMiddleware.__call__)  # restored after the test
-    bentoml_fixes.cancel_request_timers()
-    bentoml_fixes.cancel_request_timers()  # a second call changes nothing
+    bentoml_fixes.fix_request_timeout()
+    bentoml_fixes.fix_request_timeout()  # a second call changes nothing
     assert TimeoutMiddleware.__call__ is bentoml_fixes._timeout_middleware_call
 
 
 def test_bentoml_alone_leaves_a_timer_per_request():
     """What the fix is for: without it, the timer outlives the request (this BentoML version)."""
-    sent, live_timers = call(TimeoutMiddleware(streaming_app, timeout=300))
-    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    sent, live_timers = call(TimeoutMiddleware(request_task_app, timeout=300))
+    assert [m.get("type") for m in sent[:-1]] == ["http.response.start", "http.response.body"]
     assert live_timers == 1
+    assert sent[-1] == {"app_ran_in_request_task": False}  # a task of its own per request
 
 
-def test_fixed_timeout_cancels_its_timer(fixed_timeout):
-    sent, live_timers = call(TimeoutMiddleware(streaming_app, timeout=300))
-    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+def test_fixed_timeout_cancels_its_timer_and_runs_the_app_in_the_request_task(fixed_timeout):
+    sent, live_timers = call(TimeoutMiddleware(request_task_app, timeout=300))
+    assert [m.get("type") for m in sent[:-1]] == ["http.response.start", "http.response.body"]
     assert live_timers == 0
+    assert sent[-1] == {"app_ran_in_request_task": True}
+
+
+def test_fixed_timeout_bounds_only_the_wait_for_the_first_byte(fixed_timeout):
+    sent, live_timers = call(TimeoutMiddleware(slow_stream_app, timeout=0.2))
+    assert [m.get("type") for m in sent[:-1]] == ["http.response.start", "http.response.body"]
+    assert sent[0]["status"] == 200 and sent[1]["body"] == b"token"
+    assert live_timers == 0
+
+
+def test_fixed_timeout_lets_the_apps_own_timeout_error_through(fixed_timeout):
+    with pytest.raises(TimeoutError):
+        call(TimeoutMiddleware(failing_app, timeout=300))
 
 
 def test_fixed_timeout_still_answers_504_when_no_byte_comes(fixed_timeout):

@@ -15,7 +15,7 @@ import typing as t
 
 import bentoml
 
-from bentoml_fixes import cancel_request_timers
+from bentoml_fixes import fix_request_timeout
 from vllm_openai import OpenAIServer, engine_argv, vllm_metrics_text
 from web import APIKeyMiddleware
 
@@ -35,7 +35,7 @@ MODEL = bentoml.models.HuggingFaceModel(
 )
 
 openai_server = OpenAIServer()
-cancel_request_timers()  # BentoML's request timeout leaves a timer per request behind otherwise
+fix_request_timeout()  # BentoML's request timeout otherwise leaves a timer and a task per request
 
 
 def local_path(model) -> str:
