@@ -6,7 +6,7 @@ PORT ?= 3000
 MODELS := $(sort $(notdir $(wildcard models/*)))
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock generate check test tiny-model serve demo build containerize deploy bench
+.PHONY: help install lock generate check test tiny-model serve demo build containerize deploy bench stack-cost
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -60,3 +60,6 @@ deploy: ## deploy to BentoCloud: make deploy MODEL=name [SCALING_MIN=0 SCALING_M
 
 bench: ## Bento vs plain vLLM on the same weights, one server at a time: make bench [MODEL=tiny-dev] [BENCH_ARGS="--runs 5"]
 	$(PY) scripts/bench.py --model $(or $(MODEL),tiny-dev) $(BENCH_ARGS)
+
+stack-cost: ## CPU per request of each BentoML layer in a generated service, without vLLM: make stack-cost [MODEL=tiny-dev]
+	$(PY) scripts/stack_cost.py --model $(or $(MODEL),tiny-dev)
