@@ -14,7 +14,8 @@ order vLLM, Bento, vLLM, Bento, ... for --runs pairs:
 For each started server: the cold start (process start to the first completed request),
 then vLLM's own serving benchmark (`vllm bench serve`: random prompts with a fixed seed,
 ignore_eos, greedy, /v1/completions, after a warm-up of one request per concurrent slot) at
-each concurrency, in a child process. At the end
+each concurrency, in a child process. Around each run it reads vLLM's own time-to-first-token
+histogram from /metrics, to tell the part of TTFT spent outside vLLM's engine. At the end
 it prints Bento / vLLM ratios (median over the pairs, [min-max]) and writes the raw results
 as bench/results/<model>-<UTC time>.json, a plot beside it (.png, needs matplotlib) and the
 server and client logs in a folder of the same name. With --pool it measures nothing and
@@ -56,6 +57,7 @@ METRICS = {
     "median_tpot_ms": "TPOT p50",
     "server_cpu_s": "server CPU s",
 }
+ENGINE_TTFT = "vllm:time_to_first_token_seconds"
 # The servers run without an API key, so that neither side checks one.
 SERVER_ENV = {"VLLM_API_KEY": ""}
 
@@ -203,6 +205,25 @@ def serving_process(server: ServerProcess, side: str) -> psutil.Process:
     return workers[0]
 
 
+def engine_ttft_totals(server: ServerProcess) -> tuple[float, float]:
+    """Sum (s) and count of vLLM's own time-to-first-token histogram, read from /metrics.
+
+    vLLM times it from a request's arrival in its engine client (after the HTTP layer and
+    tokenization) to its first token. Client TTFT minus this is the part of TTFT spent in the
+    serving process's HTTP and API layers and their event loop, the part the Bento can change.
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(server.url + "/metrics", timeout=60) as response:
+        text = response.read().decode()
+    totals = {ENGINE_TTFT + "_sum": 0.0, ENGINE_TTFT + "_count": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in totals:
+                totals[sample.name] += sample.value
+    return totals[ENGINE_TTFT + "_sum"], totals[ENGINE_TTFT + "_count"]
+
+
 def cpu_seconds(process: psutil.Process) -> float:
     times = process.cpu_times()
     return times.user + times.system
@@ -222,10 +243,16 @@ def measure_side(side: str, pair: int, entry: Entry, argv: list[str], args: argp
         for c in args.concurrency:
             result_path = work / f"{side}-{pair}-c{c}.json"
             flags = client_flags(server, entry.served_model_name, tokenizer, c, args, result_path)
+            engine_before = engine_ttft_totals(server)
             cpu_before = cpu_seconds(process)
             results[str(c)] = result = run_benchmark_client(flags, result_path)
             # Includes the warm-up requests; the same count on both sides.
             result["server_cpu_s"] = cpu_seconds(process) - cpu_before
+            engine_after = engine_ttft_totals(server)
+            # vLLM's histogram counts the warm-up requests too (one per concurrent slot).
+            result["engine_ttft_requests"] = int(engine_after[1] - engine_before[1])
+            engine_mean_ms = 1000 * (engine_after[0] - engine_before[0]) / result["engine_ttft_requests"]
+            result["ttft_outside_engine_ms"] = result["mean_ttft_ms"] - engine_mean_ms
             print(f"{label} concurrency {c:3}: {key_numbers(result)}", flush=True)
     print(f"{label} stopped", flush=True)
     return {"side": side, "pair": pair, "cold_start_s": cold_start, "results": results}
@@ -283,6 +310,9 @@ def summarize(runs: list[dict], concurrencies: list[int]) -> dict:
         row["ttft_p50_delta_ms"] = spread([b["results"][c]["median_ttft_ms"] - v["results"][c]["median_ttft_ms"]
                                            for v, b in both])
         row["output_throughput"]["interval90"] = median_interval(row["output_throughput"]["values"])
+        if all("ttft_outside_engine_ms" in r["results"][c] for r in runs):  # not in results of older versions
+            row["ttft_outside_engine_delta_ms"] = spread([
+                b["results"][c]["ttft_outside_engine_ms"] - v["results"][c]["ttft_outside_engine_ms"] for v, b in both])
         row["stalled_streams"] = {side: [r["results"][c]["stalled_streams"] for r in runs if r["side"] == side]
                                   for side in SIDES}
         per_concurrency[c] = row
@@ -310,6 +340,11 @@ def summary_table(summary: dict, model: str) -> str:
     for c, row in summary["ratios_bento_over_vllm"].items():
         low, high = row["output_throughput"]["interval90"]
         lines.append(f"{c:>11}  {low:.2f} – {high:.2f}")
+    outside = {c: row["ttft_outside_engine_delta_ms"] for c, row in summary["ratios_bento_over_vllm"].items()
+               if "ttft_outside_engine_delta_ms" in row}
+    if outside:
+        lines.append(f"{'':>11}  mean TTFT outside vLLM's engine (client TTFT minus vLLM's own), Bento minus vLLM, ms:")
+        lines += [f"{c:>11}  {fmt(delta, '+.1f')}" for c, delta in outside.items()]
     lines.append(f"{'':>11}  stalled streams per run (all tokens in one read: the client had waited "
                  "for a CPU):")
     for c, row in summary["ratios_bento_over_vllm"].items():

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import bench
+import pytest
 from conftest import ROOT
 
 
@@ -36,6 +37,8 @@ def test_small_benchmark_compares_both_sides(tmp_path):
         assert result["total_output_tokens"] == 4 * 8  # ignore_eos: every request ran to --output-len
         assert all(result[m] > 0 for m in ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "server_cpu_s"))
         assert 0 <= result["stalled_streams"] <= 4 and "itls" not in result
+        assert result["engine_ttft_requests"] == 4 + 2  # read from vLLM's /metrics: the requests and 2 warm-ups
+        assert abs(result["ttft_outside_engine_ms"]) < result["mean_ttft_ms"]
     autogroup = bench.autogroup_enabled()
     assert record["machine"] == {"cpus": os.cpu_count(), "sched_autogroup_enabled": autogroup}
     assert (bench.autogroup_warning() in done.stdout) == bool(autogroup)
@@ -47,6 +50,9 @@ def test_small_benchmark_compares_both_sides(tmp_path):
     assert summary["stalled_streams"] == stalled
     assert f"vLLM {stalled['vllm']}  Bento {stalled['bento']}" in done.stdout
     assert summary["output_throughput"]["interval90"] == [summary["output_throughput"]["median"]] * 2  # one pair
+    outside = [r["results"]["2"]["ttft_outside_engine_ms"] for r in record["runs"]]
+    assert summary["ttft_outside_engine_delta_ms"]["median"] == pytest.approx(outside[1] - outside[0])
+    assert "mean TTFT outside vLLM's engine" in done.stdout
 
     # --pool: the same file twice is two pairs with the same ratios, and the same table.
     pooled = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--pool", str(result_path), str(result_path)],
