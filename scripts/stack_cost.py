@@ -7,9 +7,10 @@ the spread between server starts. This loads the generated service as `bentoml s
 builds it (its decorator, middlewares and mounts, BentoML's logging and shared-file
 metrics), puts a stand-in app where vLLM's app goes (it answers every request with a
 stream of --chunks chunks at once, so only the layers around it cost anything), and
-calls the ASGI app directly, without sockets (BentoML's access log goes to /dev/null). It prints the CPU per request with all
-layers, with each of BentoML's middlewares left out in turn, with none of them, and for
-the stand-in alone; medians of 5 rounds.
+calls the ASGI app directly, without sockets (BentoML's access log goes to /dev/null).
+It prints the CPU per request with all layers, with each middleware left out in turn,
+with none of them, and for the stand-in alone; medians of 5 rounds, each case in a
+fresh process.
 """
 
 from __future__ import annotations
