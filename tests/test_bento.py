@@ -81,3 +81,12 @@ def test_build_on_a_fresh_checkout_makes_the_model_and_the_bento_serves_without_
         )
         assert reply.usage.completion_tokens == 4
     assert canary not in log.read_text(errors="replace")
+
+
+def test_secret_value_comes_from_a_dotenv_file_not_the_command_line(tmp_path):
+    """The form the READMEs give: `bentoml secret create huggingface --from-file .env`."""
+    from bentoml_cli.secret import read_dotenv_callback
+
+    token = "hf_canary_" + os.urandom(8).hex()
+    (tmp_path / ".env").write_text(f"HF_TOKEN={token}\n")
+    assert read_dotenv_callback(None, None, (str(tmp_path / ".env"),)) == [("HF_TOKEN", token)]

@@ -72,7 +72,7 @@ def keep_vllm_metrics_in_process() -> None:
     `bentoml serve` sets PROMETHEUS_MULTIPROC_DIR, so each Prometheus value is an entry in an
     mmap'ed file that BentoML's /metrics merges across workers: about ten times the cost of an
     in-memory value. vLLM observes histograms for every generated token, which made this the
-    largest share of the Bento's extra CPU per token (README, Performance). This service runs
+    largest share of the Bento's extra CPU per token (docs/performance.md). This service runs
     one worker, so vLLM's values need no merging; `vllm_metrics_text` exports them. Must run
     before vLLM creates its metrics, i.e. before vLLM is imported.
     """
@@ -106,7 +106,7 @@ def leave_out_http_metrics(app) -> None:
 
     BentoML's own middleware already counts and times every request, vLLM's routes
     included (`bentoml_service_request_total`, `..._duration_seconds`, by endpoint and
-    status). vLLM's copy cost about 60 µs of CPU per request (README, Performance) for
+    status). vLLM's copy cost about 60 µs of CPU per request (docs/performance.md) for
     numbers that say the same.
     """
     from prometheus_fastapi_instrumentator.middleware import PrometheusInstrumentatorMiddleware
