@@ -60,7 +60,7 @@ def guarded_patch(
     *,
     replaces: str,
     tested_with: dict[str, str],
-    internals: t.Callable[..., tuple],
+    internals: t.Callable[[], tuple],
     digest: str,
     applied: t.Callable[..., bool],
     needed: t.Callable[..., bool] = lambda *args: True,
@@ -68,9 +68,9 @@ def guarded_patch(
     """Apply the decorated patch only where the code it replaces is the code it was tested on.
 
     replaces: what it changes, in words; tested_with: import name -> version it was tested
-    with (said in the warning); internals: the functions and classes (given the patch's
-    arguments) whose source must have `digest`; applied: True once the patch is in;
-    needed: False where the case it fixes does not arise. The patched call returns True
+    with (said in the warning, and checked against constraints.txt by the tests); internals:
+    the functions and classes whose source must have `digest`; applied: True once the
+    patch is in; needed: False where the case it fixes does not arise. The patched call returns True
     when the library is patched, False when it is left as it was.
     """
 
@@ -85,7 +85,7 @@ def guarded_patch(
                     return True
                 if not needed(*args):
                     return False
-                found = source_digest(internals(*args))
+                found = source_digest(internals())
             except Exception as exc:  # an internal that is gone or moved counts as changed
                 found = f"unreadable ({type(exc).__name__}: {exc})"
             if found != digest:
@@ -229,7 +229,7 @@ def _value_class_keeping_vllm_in_process(shared: type, in_memory: type) -> type:
 # 3. vLLM's HTTP metrics ------------------------------------------------------------------
 
 
-def _http_metrics_code(app) -> tuple:
+def _http_metrics_code() -> tuple:
     """Where vLLM adds its HTTP metrics middleware, and how Starlette builds the app from it."""
     from fastapi import FastAPI
     from prometheus_fastapi_instrumentator import Instrumentator

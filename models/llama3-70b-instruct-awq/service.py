@@ -15,7 +15,7 @@ import typing as t
 
 import bentoml
 
-from bentoml_fixes import fix_request_timeout
+from patches import fix_request_timeout
 from vllm_openai import OpenAIServer, engine_argv, vllm_metrics_text
 from web import APIKeyMiddleware, chat_page
 
