@@ -6,7 +6,7 @@ PORT ?= 3000
 MODELS := $(sort $(notdir $(wildcard models/*)))
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock generate check test tiny-model serve demo build containerize deploy bench stack-cost
+.PHONY: help install browser lock generate check test tiny-model serve demo build containerize deploy bench stack-cost
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -19,6 +19,11 @@ install: ## create .venv with the pinned versions of constraints.txt
 	@# PyPI's torchvision/torchaudio break imports beside the CPU build of torch.
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	@$(PY) -c "import vllm, bentoml; print('installed vllm', vllm.__version__, 'and bentoml', bentoml.__version__)"
+
+browser: ## install Debian's Chromium, which the chat-page tests drive (as root; else it says what to install)
+	@if command -v chromium >/dev/null; then echo "chromium is installed: $$(command -v chromium)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then apt-get update -qq && apt-get install -y -qq chromium; \
+	else echo "The chat-page tests need Chromium at /usr/bin/chromium: run 'apt-get install chromium' as root (Debian), or your system's chromium package." >&2; exit 1; fi
 
 lock: ## rewrite constraints.txt from the current .venv
 	{ sed -n '1,2p' constraints.txt; $(PY) -m pip freeze --exclude-editable; } > constraints.txt.new && mv constraints.txt.new constraints.txt
@@ -36,11 +41,9 @@ tiny-model: ## put the offline tiny test model into the BentoML model store
 	$(PY) scripts/tiny_model.py
 
 model-dir = models/$(MODEL)
-require-model = @$(PY) scripts/bento.py require "$(MODEL)"
 
 serve: ## serve one model: make serve MODEL=name [PORT=3000]
-	$(require-model)
-	@if [ "$(MODEL)" = tiny-dev ]; then $(PY) scripts/tiny_model.py; fi
+	@$(PY) scripts/bento.py prepare "$(MODEL)"
 	cd $(model-dir) && ../../$(VENV)/bin/bentoml serve . --port $(PORT)
 
 demo: ## serve tiny-dev, ask it one question with the openai client, stop

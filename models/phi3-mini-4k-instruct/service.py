@@ -26,7 +26,6 @@ ENGINE_CONFIG: dict[str, t.Any] = {
     "served_model_name": "microsoft/Phi-3-mini-4k-instruct",
     "max_model_len": 4096,
     "dtype": "bfloat16",
-    "trust_remote_code": True,
 }
 
 MODEL = bentoml.models.HuggingFaceModel(
