@@ -28,7 +28,7 @@ from pyrepr import pyrepr  # noqa: E402
 
 MARKER = ".llm-bentos-generated"
 # Copied verbatim into each folder: plain Python the generator and the tests import too.
-VERBATIM_FILES = ("vllm_openai.py", "patches.py", "web.py", "chat.html")
+VERBATIM_FILES = ("vllm_openai.py", "supervisor.py", "patches.py", "web.py", "chat.html")
 TABLE_START, TABLE_END = "<!-- models:start -->", "<!-- models:end -->"
 # Rendered template -> file name in each model folder.
 FOLDER_TEMPLATES = {

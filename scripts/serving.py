@@ -2,6 +2,8 @@
 
 Used by `make demo`, the benchmark and the end-to-end tests, for both a generated
 Bento (`bentoml serve`) and plain vLLM (`python -m vllm.entrypoints.openai.api_server`).
+With `pid_namespace=True` the server is PID 1 of a new PID namespace, as `bentoml serve`
+is in BentoML's container image (needs root, for `unshare`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import urllib.request
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+# Runs a command as PID 1 of a new PID namespace, with its own /proc, as a container runtime does.
+AS_PID_1 = ["unshare", "--pid", "--fork", "--mount-proc"]
 
 
 def free_port() -> int:
@@ -40,8 +44,9 @@ class ServerProcess:
     """A server command in its own process group, with its output in a log file."""
 
     def __init__(self, command: list[str], *, port: int, ready_path: str, cwd: Path | None = None,
-                 env: dict[str, str] | None = None, log_path: Path | None = None):
-        self.command, self.port, self.ready_path, self.cwd = command, port, ready_path, cwd
+                 env: dict[str, str] | None = None, log_path: Path | None = None, pid_namespace: bool = False):
+        self.command = [*AS_PID_1, *command] if pid_namespace else command
+        self.port, self.ready_path, self.cwd = port, ready_path, cwd
         self.env = {**os.environ, **(env or {})}
         self.log_path = log_path or Path(f"/tmp/llm-bentos-server-{port}.log")
         self.process: subprocess.Popen | None = None
@@ -111,11 +116,11 @@ def with_group(pid: int, sig: int) -> None:
 
 
 def bento_server(folder: Path, port: int, env: dict[str, str] | None = None, log_path: Path | None = None,
-                 target: str = ".") -> ServerProcess:
+                 target: str = ".", pid_namespace: bool = False) -> ServerProcess:
     """`bentoml serve` of a model folder, or of a built Bento's tag given as `target`."""
     return ServerProcess(
         [str(BIN / "bentoml"), "serve", target, "--host", "127.0.0.1", "--port", str(port)],
-        port=port, ready_path="/readyz", cwd=folder, env=env, log_path=log_path,
+        port=port, ready_path="/readyz", cwd=folder, env=env, log_path=log_path, pid_namespace=pid_namespace,
     )
 
 

@@ -17,6 +17,7 @@ import bentoml
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
 from patches import fix_request_timeout
+from supervisor import exit_with_worker_status
 from vllm_openai import OpenAIServer, engine_argv, vllm_metrics_text
 from web import APIKeyMiddleware, chat_page
 
@@ -94,6 +95,11 @@ class VLLM:
             raise bentoml.exceptions.BentoMLException(
                 f"model files missing in {path}: {', '.join(missing + ([] if weights else ['*.safetensors weights']))}"
             )
+
+    @bentoml.on_deployment
+    def exit_status_from_worker() -> None:
+        """A worker whose model cannot load, or whose engine died, ends `bentoml serve` with its non-zero status."""
+        exit_with_worker_status()
 
     @bentoml.on_startup
     def start_engine(self) -> None:
