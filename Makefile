@@ -38,9 +38,9 @@ tiny-model: ## put the offline tiny test model into the BentoML model store
 model-dir = models/$(MODEL)
 require-model = @$(PY) scripts/bento.py require "$(MODEL)"
 
-serve: ## serve one model: make serve MODEL=name [PORT=3000]
+serve: ## serve one model or gateway: make serve MODEL=name [PORT=3000]
 	$(require-model)
-	@if [ "$(MODEL)" = tiny-dev ]; then $(PY) scripts/tiny_model.py; fi
+	@case "$(MODEL)" in tiny-*) $(PY) scripts/tiny_model.py;; esac
 	cd $(model-dir) && ../../$(VENV)/bin/bentoml serve . --port $(PORT)
 
 demo: ## serve tiny-dev, ask it one question with the openai client, stop

@@ -12,13 +12,14 @@ import asyncio
 import json
 import os
 import re
+import socket
 import time
 
 import httpx
 import openai
 import psutil
 import pytest
-from conftest import ARTIFACTS, ROOT
+from conftest import ARTIFACTS, ROOT, SMALL_KV_CACHE_ENV
 from serving import bento_server, free_port
 
 KEY = "sk-gateway-" + os.urandom(6).hex()
@@ -31,7 +32,7 @@ HIDDEN_SIZE = 256  # scripts/tiny_model.py
 
 @pytest.fixture(scope="module")
 def gateway(bentoml_home):
-    server = bento_server(ROOT / "models" / "tiny-gateway", free_port(), env={"BENTOML_HOME": bentoml_home, "VLLM_API_KEY": KEY},
+    server = bento_server(ROOT / "models" / "tiny-gateway", free_port(), env={"BENTOML_HOME": bentoml_home, "VLLM_API_KEY": KEY, **SMALL_KV_CACHE_ENV},
                           log_path=ARTIFACTS / "tiny-gateway.server.log")
     with server:
         server.wait_ready(timeout=900)
@@ -144,23 +145,34 @@ def test_vllm_routes_beyond_chat(gateway):
     assert reply.status_code == 200 and reply.json()["model"] == "tiny-dev"
 
 
+def send_request(gateway, path: str, body: dict) -> socket.socket:
+    """An HTTP request on a socket of its own, left open: the test decides when the client goes away."""
+    payload = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", gateway.port))
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {KEY}\r\nContent-Length: {len(payload)}\r\n\r\n")
+    sock.sendall(head.encode() + payload)
+    return sock
+
+
+def wait_for_running(service: httpx.Client, expected: float, timeout: float = 60) -> float:
+    deadline = time.monotonic() + timeout
+    while (running := running_requests(service)) != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return running
+
+
 @pytest.mark.parametrize("stream", [True, False], ids=["streaming", "not-streaming"])
 def test_client_disconnect_frees_the_engine(gateway, services, stream):
     body = {"model": "tiny-dev", "messages": CHAT, "max_tokens": 1000, "stream": stream, "ignore_eos": True}
-    with httpx.Client(base_url=gateway.url, headers=AUTH, timeout=None) as http:
-        with http.stream("POST", "/v1/chat/completions", json=body) as response:
-            if stream:
-                lines = response.iter_lines()
-                assert response.status_code == 200 and next(lines)
-            deadline = time.monotonic() + 60
-            while running_requests(services["tiny-dev"]) < 1 and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert running_requests(services["tiny-dev"]) == 1
-        # Leaving the block closes the connection before the reply is complete.
-    deadline = time.monotonic() + 30
-    while running_requests(services["tiny-dev"]) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert running_requests(services["tiny-dev"]) == 0
+    sock = send_request(gateway, "/v1/chat/completions", body)
+    try:
+        if stream:
+            assert sock.recv(1024).startswith(b"HTTP/1.1 200")  # the stream has begun
+        assert wait_for_running(services["tiny-dev"], 1) == 1
+    finally:
+        sock.close()  # long before 1000 tokens
+    assert wait_for_running(services["tiny-dev"], 0, timeout=30) == 0
 
 
 def test_32_concurrent_mixed_requests(gateway):

@@ -120,13 +120,27 @@ def stop_server(exit_code: int) -> None:
 
     The worker's parent is BentoML's process supervisor; it would respawn this worker
     forever. Ending the supervisor first and then this process makes the whole server
-    exit with a non-zero status.
+    exit with a non-zero status. The supervisor's other workers (a gateway's router and
+    other model services, each in a session of its own) would outlive it: they are
+    asked to stop first.
     """
     parent = os.getppid()
     if parent > 1:
+        stop_other_workers(parent)
         with contextlib.suppress(ProcessLookupError):
             os.kill(parent, signal.SIGKILL)
     os._exit(exit_code)
+
+
+def stop_other_workers(supervisor: int) -> None:
+    """SIGTERM the supervisor's other workers; each stops its own engine as on any shutdown."""
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        for worker in psutil.Process(supervisor).children():
+            if worker.pid != os.getpid():
+                with contextlib.suppress(psutil.Error):
+                    worker.terminate()
 
 
 class OpenAIServer:
