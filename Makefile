@@ -49,7 +49,7 @@ verify-revisions: ## ask the Hub (or HF_ENDPOINT) whether every pinned revision 
 
 model-dir = models/$(MODEL)
 
-serve: ## serve one model: make serve MODEL=name [PORT=3000]
+serve: ## serve one model or gateway: make serve MODEL=name [PORT=3000]
 	@$(PY) scripts/bento.py prepare "$(MODEL)"
 	cd $(model-dir) && ../../$(VENV)/bin/bentoml serve . --port $(PORT)
 

