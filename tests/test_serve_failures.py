@@ -5,8 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-from conftest import ARTIFACTS, ROOT
-from serving import bento_server, free_port
+from conftest import ROOT, serve_folder
 
 
 def broken_store_model(tmp_path, bentoml_home: str, breakage) -> dict[str, str]:
@@ -19,8 +18,7 @@ def broken_store_model(tmp_path, bentoml_home: str, breakage) -> dict[str, str]:
 
 
 def serve_until_exit(env: dict[str, str], name: str, timeout: float = 240) -> tuple[int, str]:
-    server = bento_server(ROOT / "models" / "tiny-dev", free_port(), env=env, log_path=ARTIFACTS / f"{name}.log")
-    with server:
+    with serve_folder(ROOT / "models" / "tiny-dev", name, env=env, ready=False) as server:
         try:
             code = server.process.wait(timeout)
         except subprocess.TimeoutExpired:
