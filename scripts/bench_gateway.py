@@ -26,7 +26,10 @@ from pathlib import Path
 
 import psutil
 
-import bench
+import bench_client
+import bench_report
+import bench_run
+import bench_stats
 import generate
 from catalog import Entry, Gateway
 from serving import ServerProcess, bento_server, free_port
@@ -56,19 +59,19 @@ def measure_side(side: str, pair: int, entry: Entry, folder: Path, tokenizer: st
     """Start one server, take its cold start, run the load at each concurrency, stop it."""
     label = f"[{side:7} {pair}/{args.runs}]"
     print(f"{label} starting bentoml serve {folder}", flush=True)
-    server = bento_server(folder, free_port(), env=bench.SERVER_ENV, log_path=work / f"{side}-{pair}.server.log")
+    server = bento_server(folder, free_port(), env=bench_run.SERVER_ENV, log_path=work / f"{side}-{pair}.server.log")
     with server:
-        cold_start = bench.first_completion(server, entry.served_model_name)
+        cold_start = bench_run.first_completion(server, entry.served_model_name)
         print(f"{label} cold start {cold_start:.1f}s (process start to first completion)", flush=True)
         workers = bento_workers(server)
         results = {}
         for c in args.concurrency:
             result_path = work / f"{side}-{pair}-c{c}.json"
-            flags = bench.client_flags(server, entry.served_model_name, tokenizer, c, args, result_path)
-            cpu_before = sum(map(bench.cpu_seconds, workers))
-            results[str(c)] = result = bench.run_benchmark_client(flags, result_path)
-            result["server_cpu_s"] = sum(map(bench.cpu_seconds, workers)) - cpu_before
-            print(f"{label} concurrency {c:3}: {bench.key_numbers(result)}", flush=True)
+            flags = bench_run.client_flags(server, entry.served_model_name, tokenizer, c, args, result_path)
+            cpu_before = sum(map(bench_client.cpu_seconds, workers))
+            results[str(c)] = result = bench_run.run_benchmark_client(flags, c, workers[0].pid, result_path)
+            result["server_cpu_s"] = sum(map(bench_client.cpu_seconds, workers)) - cpu_before
+            print(f"{label} concurrency {c:3}: {bench_report.key_numbers(result)}", flush=True)
     print(f"{label} stopped", flush=True)
     return {"side": side, "pair": pair, "cold_start_s": cold_start, "workers": len(workers), "results": results}
 
@@ -79,47 +82,47 @@ def summarize(runs: list[dict], concurrencies: list[int]) -> dict:
     both = list(zip(by_side["service"], by_side["gateway"]))
     per_concurrency = {}
     for c in map(str, concurrencies):
-        row = {m: bench.spread([bench.ratio(g["results"][c][m], s["results"][c][m]) for s, g in both]) for m in bench.METRICS}
-        row["ttft_p50_delta_ms"] = bench.spread(
+        row = {m: bench_stats.spread([bench_stats.ratio(g["results"][c][m], s["results"][c][m]) for s, g in both]) for m in bench_stats.METRICS}
+        row["ttft_p50_delta_ms"] = bench_stats.spread(
             [g["results"][c]["median_ttft_ms"] - s["results"][c]["median_ttft_ms"] for s, g in both])
-        row["output_throughput"]["interval90"] = bench.median_interval(row["output_throughput"]["values"])
+        row["output_throughput"]["interval90"] = bench_stats.median_interval(row["output_throughput"]["values"])
         per_concurrency[c] = row
     return {"pairs": len(both), "ratios_gateway_over_service": per_concurrency,
-            "cold_start_ratio": bench.spread([bench.ratio(g["cold_start_s"], s["cold_start_s"]) for s, g in both])}
+            "cold_start_ratio": bench_stats.spread([bench_stats.ratio(g["cold_start_s"], s["cold_start_s"]) for s, g in both])}
 
 
 def summary_table(summary: dict, model: str) -> str:
-    columns = [*bench.METRICS.values(), "TTFT p50 Δ ms"]
+    columns = [*bench_stats.METRICS.values(), "TTFT p50 Δ ms"]
     lines = [f"gateway / service for {model}: median over {summary['pairs']} pair(s) [min – max]; "
              "above 1 means the gateway is higher (better for tok/s, worse for times)",
              f"{'concurrency':>11}  " + "  ".join(f"{name:>23}" for name in columns)]
     for c, row in summary["ratios_gateway_over_service"].items():
-        cells = [bench.fmt(row[m], ".2f") for m in bench.METRICS] + [bench.fmt(row["ttft_p50_delta_ms"], "+.1f")]
+        cells = [bench_report.fmt(row[m], ".2f") for m in bench_stats.METRICS] + [bench_report.fmt(row["ttft_p50_delta_ms"], "+.1f")]
         lines.append(f"{c:>11}  " + "  ".join(f"{cell:>23}" for cell in cells))
     lines.append(f"{'':>11}  output tok/s ratio, 90% bootstrap interval of the median over the pairs:")
     for c, row in summary["ratios_gateway_over_service"].items():
         low, high = row["output_throughput"]["interval90"]
         lines.append(f"{c:>11}  {low:.2f} – {high:.2f}")
-    lines.append(f"{'cold start':>11}  {bench.fmt(summary['cold_start_ratio'], '.2f'):>23}")
+    lines.append(f"{'cold start':>11}  {bench_report.fmt(summary['cold_start_ratio'], '.2f'):>23}")
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
-    entry = bench.catalog_entry(args.model)
+    entry = bench_run.catalog_entry(args.model)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     stem = args.out / f"{entry.name}-gateway-{stamp}"
     work = Path(f"{stem}-logs")
-    folders = {"service": bench.ROOT / "models" / entry.name, "gateway": write_gateway_folder(entry, work / BENCH_GATEWAY)}
-    tokenizer = bench.local_weights(entry.model)
+    folders = {"service": bench_run.ROOT / "models" / entry.name, "gateway": write_gateway_folder(entry, work / BENCH_GATEWAY)}
+    tokenizer = bench_run.local_weights(entry.model)
     print(f"service side: bentoml serve models/{entry.name}; gateway side: bentoml serve {folders['gateway']}")
     print(f"{args.runs} pair(s), concurrency {' '.join(map(str, args.concurrency))}, "
           f"input {args.input_len} / output {args.output_len} tokens; logs in {work}/", flush=True)
     machine = {"cpus": psutil.cpu_count(), "load_average_at_start": psutil.getloadavg(),
-               "sched_autogroup_enabled": bench.autogroup_enabled()}
+               "sched_autogroup_enabled": bench_run.autogroup_enabled()}
     runs = [measure_side(side, pair, entry, folders[side], tokenizer, args, work)
             for pair in range(1, args.runs + 1) for side in SIDES]
     summary = summarize(runs, args.concurrency)
-    record = {"model": entry.name, "mode": "gateway", "created_utc": stamp, "versions": bench.versions(), "machine": machine,
+    record = {"model": entry.name, "mode": "gateway", "created_utc": stamp, "versions": bench_run.versions(), "machine": machine,
               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "runs": runs, "summary": summary}
     json_path = Path(f"{stem}.json")

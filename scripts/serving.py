@@ -18,6 +18,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psutil
+
 BIN = Path(sys.executable).parent
 # Runs a command as PID 1 of a new PID namespace, with its own /proc, as a container runtime does.
 AS_PID_1 = ["unshare", "--pid", "--fork", "--mount-proc"]
@@ -87,18 +89,29 @@ class ServerProcess:
         self.stop()
         raise TimeoutError(f"not ready after {timeout:.0f}s:\n{self.log_tail()}")
 
+    def descendants(self) -> list[psutil.Process]:
+        """Every process below the server, whatever its session (BentoML's worker has its own)."""
+        try:
+            return psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
     def stop(self, grace: float = 30) -> int | None:
-        """SIGTERM the whole process group (the server stops its engine), SIGKILL what is left."""
+        """SIGTERM the process group (the server stops its workers and engine), then SIGKILL
+        whatever is left of it and of every descendant, which may live in other sessions."""
         if self.process is None:
             return None
+        family = self.descendants()  # now: once their parent exits, orphans cannot be found by a walk
         if self.process.poll() is None:
             with_group(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(grace)
             except subprocess.TimeoutExpired:
                 pass
+        family += [p for p in self.descendants() if p not in family]
         with_group(self.process.pid, signal.SIGKILL)  # engine processes left behind, if any
         self.process.wait()
+        end_all(family, grace=5)
         return self.process.returncode
 
     def __enter__(self) -> ServerProcess:
@@ -106,6 +119,17 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def end_all(processes: list[psutil.Process], grace: float) -> None:
+    """SIGTERM the processes still running, SIGKILL those still there after `grace` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for process in processes:
+            try:
+                process.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+        _, processes = psutil.wait_procs(processes, timeout=grace)
 
 
 def with_group(pid: int, sig: int) -> None:

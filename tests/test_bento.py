@@ -6,9 +6,8 @@ import os
 import subprocess
 
 import pytest
-from conftest import ARTIFACTS, ROOT
+from conftest import ROOT, serve_folder
 from openai import OpenAI
-from serving import bento_server, free_port
 
 import bento
 
@@ -72,12 +71,10 @@ def test_build_on_a_fresh_checkout_makes_the_model_and_the_bento_serves_without_
     assert any(p.name == "service.py" for p in files)
     assert not [p for p in files if canary.encode() in p.read_bytes()]
 
-    log = ARTIFACTS / "built-bento.server.log"
-    with bento_server(tmp_path, free_port(), env={"BENTOML_HOME": str(home), **secrets}, log_path=log, target=tag) as server:
-        server.wait_ready(timeout=300)
+    with serve_folder(tmp_path, "built-bento", env={"BENTOML_HOME": str(home), **secrets}, target=tag) as server:
         client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
         reply = client.chat.completions.create(
             model="tiny-dev", messages=[{"role": "user", "content": "Hi"}], max_tokens=4, extra_body={"ignore_eos": True}
         )
         assert reply.usage.completion_tokens == 4
-    assert canary not in log.read_text(errors="replace")
+    assert canary not in server.log_path.read_text(errors="replace")

@@ -131,7 +131,11 @@ class OpenAIServer:
             await send_openai_error(send, 503, self.failure or LOADING_MESSAGE, "ServiceUnavailableError")
 
     async def stream_chat(self, messages: list[dict], **params: t.Any) -> t.AsyncIterator[str]:
-        """Stream the text of a chat completion through vLLM's own chat serving code."""
+        """Stream the answer of a chat completion through vLLM's own chat serving code.
+
+        With a reasoning parser, vLLM streams the reasoning apart from the answer; only the
+        answer (`content`) comes out here.
+        """
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
         with self._client_errors():
@@ -141,7 +145,10 @@ class OpenAIServer:
             payload = event.removeprefix("data: ").strip()
             if payload == "[DONE]":
                 break
-            for choice in json.loads(payload).get("choices", []):
+            chunk = json.loads(payload)
+            if "error" in chunk:  # vLLM reports an error met while streaming as an event
+                raise self._error(chunk["error"]["code"], chunk["error"]["message"])
+            for choice in chunk.get("choices", []):
                 if text := choice.get("delta", {}).get("content"):
                     yield text
 
@@ -164,23 +171,45 @@ class OpenAIServer:
 
     @staticmethod
     def _check(result):
-        """vLLM's serving code returns an ErrorResponse for bad requests: raise it as a 4xx."""
-        import bentoml
+        """vLLM's serving code returns an ErrorResponse where it refuses or fails a request:
+        raise it with vLLM's status (4xx the caller's fault, 5xx the server's)."""
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
         if isinstance(result, ErrorResponse):
-            raise bentoml.exceptions.InvalidArgument(result.error.message)
+            raise OpenAIServer._error(result.error.code, result.error.message)
         return result
+
+    @staticmethod
+    def _error(status: int, message: str):
+        """The BentoML exception that answers with this HTTP status."""
+        from http import HTTPStatus
+
+        from bentoml.exceptions import (
+            InternalServerError, InvalidArgument, NotFound, ServiceUnavailable, UnprocessableEntity,
+        )
+
+        status = HTTPStatus(status)
+        exact = {HTTPStatus.BAD_REQUEST: InvalidArgument, HTTPStatus.NOT_FOUND: NotFound,
+                 HTTPStatus.UNPROCESSABLE_ENTITY: UnprocessableEntity, HTTPStatus.SERVICE_UNAVAILABLE: ServiceUnavailable}
+        error_type = exact.get(status, InvalidArgument if status < 500 else InternalServerError)
+        return error_type(message, error_code=status)
 
     @staticmethod
     @contextlib.contextmanager
     def _client_errors():
-        """pydantic's ValueErrors and vLLM's client errors are the caller's fault: a 400."""
+        """pydantic's ValueErrors and vLLM's client errors are the caller's fault: a 400.
+        vLLM's server errors are not: a dead engine is a 503 (the probes say so too), any
+        other a 500."""
         import bentoml
-        from vllm.exceptions import VLLMClientError
+        from vllm.exceptions import VLLMClientError, VLLMServerError
+        from vllm.v1.engine.exceptions import EngineDeadError
 
         try:
             yield
+        except EngineDeadError as exc:
+            raise bentoml.exceptions.ServiceUnavailable(f"vLLM's engine has stopped: {exc}") from exc
+        except VLLMServerError as exc:
+            raise bentoml.exceptions.InternalServerError(str(exc)) from exc
         except (ValueError, VLLMClientError) as exc:
             raise bentoml.exceptions.InvalidArgument(str(exc)) from None
 
