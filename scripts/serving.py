@@ -8,6 +8,7 @@ is in BentoML's container image (needs root, for `unshare`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -18,9 +19,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psutil
+
 BIN = Path(sys.executable).parent
 # Runs a command as PID 1 of a new PID namespace, with its own /proc, as a container runtime does.
-AS_PID_1 = ["unshare", "--pid", "--fork", "--mount-proc"]
+# --kill-child: when unshare ends, so does that PID 1, and with it every process in the namespace.
+AS_PID_1 = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
 
 
 def free_port() -> int:
@@ -88,9 +92,14 @@ class ServerProcess:
         raise TimeoutError(f"not ready after {timeout:.0f}s:\n{self.log_tail()}")
 
     def stop(self, grace: float = 30) -> int | None:
-        """SIGTERM the whole process group (the server stops its engine), SIGKILL what is left."""
+        """SIGTERM the whole process group (the server stops its engine), SIGKILL what is left.
+
+        BentoML's supervisor starts its workers in sessions of their own, out of the group:
+        they are found as descendants, before anything is stopped.
+        """
         if self.process is None:
             return None
+        descendants = self.descendants()
         if self.process.poll() is None:
             with_group(self.process.pid, signal.SIGTERM)
             try:
@@ -98,8 +107,16 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 pass
         with_group(self.process.pid, signal.SIGKILL)  # engine processes left behind, if any
+        for process in descendants:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
         self.process.wait()
         return self.process.returncode
+
+    def descendants(self) -> list[psutil.Process]:
+        with contextlib.suppress(psutil.Error):
+            return psutil.Process(self.process.pid).children(recursive=True)
+        return []
 
     def __enter__(self) -> ServerProcess:
         return self.start()
