@@ -8,6 +8,7 @@ is in BentoML's container image (needs root, for `unshare`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -22,7 +23,8 @@ import psutil
 
 BIN = Path(sys.executable).parent
 # Runs a command as PID 1 of a new PID namespace, with its own /proc, as a container runtime does.
-AS_PID_1 = ["unshare", "--pid", "--fork", "--mount-proc"]
+# --kill-child: when unshare ends, so does that PID 1, and with it every process in the namespace.
+AS_PID_1 = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
 
 
 def free_port() -> int:
