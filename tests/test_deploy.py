@@ -98,3 +98,20 @@ def test_secret_dry_run_and_logged_out_show_no_value(tmp_path):
     assert result.returncode != 0 and CANARY not in result.stdout + result.stderr
     assert "Not logged in to BentoCloud" in result.stderr
 
+
+
+def test_an_empty_api_key_turns_the_services_key_check_off(monkeypatch):
+    """What BENTOCLOUD_AUTH=1's `--env VLLM_API_KEY=` relies on, in the service's and vLLM's own checks."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+    from vllm import envs
+    from web import APIKeyMiddleware
+
+    app = Starlette(routes=[Route("/v1/models", lambda request: PlainTextResponse("ok"))])
+    monkeypatch.setenv("VLLM_API_KEY", "")
+    assert TestClient(APIKeyMiddleware(app)).get("/v1/models").status_code == 200
+    assert not envs.VLLM_API_KEY  # vLLM adds its own key check only for a non-empty key
+    monkeypatch.setenv("VLLM_API_KEY", CANARY)
+    assert TestClient(APIKeyMiddleware(app)).get("/v1/models").status_code == 401  # the same check, with a key
