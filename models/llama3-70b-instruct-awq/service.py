@@ -55,7 +55,7 @@ def model_path() -> str:
     name="llama3-70b-instruct-awq",
     traffic={"timeout": 600, "concurrency": 64},
     resources={"gpu": 1, "gpu_type": "nvidia-a100-80gb"},
-    envs=[{"name": "VLLM_API_KEY", "stage": "runtime"}],
+    envs=[],
     image=bentoml.images.Image(python_version="3.11", lock_python_packages=False).requirements_file("requirements.txt"),
     # BentoML's ASGI tracing opens a span for every streamed chunk, about a fifth of
     # this process's CPU under load (README, Performance). vLLM's routes skip it; vLLM

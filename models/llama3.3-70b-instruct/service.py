@@ -58,7 +58,7 @@ def model_path() -> str:
     name="llama3.3-70b-instruct",
     traffic={"timeout": 600, "concurrency": 128},
     resources={"gpu": 4, "gpu_type": "nvidia-h100-80gb"},
-    envs=[{"name": "HF_TOKEN"}, {"name": "VLLM_API_KEY", "stage": "runtime"}],
+    envs=[{"name": "HF_TOKEN"}],
     image=bentoml.images.Image(python_version="3.11", lock_python_packages=False).requirements_file("requirements.txt"),
     # BentoML's ASGI tracing opens a span for every streamed chunk, about a fifth of
     # this process's CPU under load (README, Performance). vLLM's routes skip it; vLLM

@@ -58,7 +58,7 @@ def model_path() -> str:
     name="mistral-7b-instruct-v0.3",
     traffic={"timeout": 300, "concurrency": 64},
     resources={"gpu": 1, "gpu_type": "nvidia-l4"},
-    envs=[{"name": "HF_TOKEN"}, {"name": "VLLM_API_KEY", "stage": "runtime"}],
+    envs=[{"name": "HF_TOKEN"}],
     image=bentoml.images.Image(python_version="3.11", lock_python_packages=False).requirements_file("requirements.txt"),
     # BentoML's ASGI tracing opens a span for every streamed chunk, about a fifth of
     # this process's CPU under load (README, Performance). vLLM's routes skip it; vLLM

@@ -55,7 +55,7 @@ def model_path() -> str:
     name="qwen2.5-0.5b-instruct-cpu",
     traffic={"timeout": 300, "concurrency": 8},
     resources={"cpu": 4, "memory": "8Gi"},
-    envs=[{"name": "VLLM_API_KEY", "stage": "runtime"}],
+    envs=[],
     image=bentoml.images.Image(python_version="3.11", lock_python_packages=False).requirements_file("requirements.txt"),
     # BentoML's ASGI tracing opens a span for every streamed chunk, about a fifth of
     # this process's CPU under load (README, Performance). vLLM's routes skip it; vLLM

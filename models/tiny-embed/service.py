@@ -52,7 +52,7 @@ def model_path() -> str:
     name="tiny-embed",
     traffic={"timeout": 60, "concurrency": 32},
     resources={"cpu": 2, "memory": "4Gi"},
-    envs=[{"name": "VLLM_API_KEY", "stage": "runtime"}],
+    envs=[],
     image=bentoml.images.Image(python_version="3.11", lock_python_packages=False).requirements_file("requirements.txt"),
     # BentoML's ASGI tracing opens a span for every streamed chunk, about a fifth of
     # this process's CPU under load (README, Performance). vLLM's routes skip it; vLLM
