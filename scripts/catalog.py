@@ -24,8 +24,55 @@ from gpus import DEFAULT_GPU_MEMORY_UTILIZATION, Fit, gpu_fit
 SLUG = r"^[a-z0-9]+(?:[a-z0-9._-]*[a-z0-9])?$"
 ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
 # Set by the service itself from the catalog entry, never by hand.
-RESERVED_FLAGS = {"model", "host", "port"}
+RESERVED_FLAGS = {"model"}
 TOP_LEVEL_FIELDS = {"models", "gateways"}
+# Settings whose value is a credential vLLM reads: in the catalog it would be written into
+# the generated service.py (and so into every Bento). The service reads each from the
+# environment instead, named here. Found in EngineArgs and FrontendArgs of vLLM 0.32.
+SECRET_SETTINGS = {
+    "hf_token": "HF_TOKEN",  # EngineArgs: bearer token for the Hugging Face Hub
+    "api_key": "VLLM_API_KEY",  # FrontendArgs: the keys clients must present
+}
+# A key anywhere inside a setting's value (a JSON config such as kv_transfer_config) that
+# names a credential, and a value that is a Hugging Face token.
+SECRET_KEY = re.compile(
+    r"^token$|(^|_)(hf|auth|access|bearer|api|refresh|session)_token($|_)"
+    r"|(^|_)(secret|password|passwd|api_?key|access_?key|private_?key|credentials?)($|_)",
+    re.I,
+)
+HF_TOKEN_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{30,}")
+_TLS = "TLS ends at BentoML's server (its `ssl` service settings) or at BentoCloud's ingress"
+_ACCESS_LOG = "BentoML writes the access log (its `logging.access` service settings)"
+_DP_SUPERVISOR = "vLLM's data-parallel supervisor (multi-port external load balancing) does not run in the service"
+# vLLM server settings that do nothing inside a BentoML service, with the reason. vLLM's app
+# runs mounted in BentoML's HTTP server (templates/vllm_openai.py): what vLLM's `build_app`
+# and its routes read takes effect (CORS, middleware, root_path, docs, request ids, ...);
+# what only `vllm serve`'s own uvicorn, sockets and processes read does not.
+NO_EFFECT_SETTINGS = {
+    "host": "BentoML binds the address (`bentoml serve --host`)",
+    "port": "BentoML binds the port (`bentoml serve --port`, `make serve PORT=...`)",
+    "uds": "BentoML's HTTP server owns the socket",
+    "ssl_keyfile": _TLS,
+    "ssl_certfile": _TLS,
+    "ssl_ca_certs": _TLS,
+    "ssl_cert_reqs": _TLS,
+    "ssl_ciphers": _TLS,
+    "enable_ssl_refresh": _TLS,
+    "uvicorn_log_level": "vLLM's uvicorn does not run; BentoML's server logs",
+    "disable_uvicorn_access_log": _ACCESS_LOG,
+    "disable_access_log_for_endpoints": _ACCESS_LOG,
+    "h11_max_incomplete_event_size": "BentoML's uvicorn parses HTTP, with its own limits",
+    "h11_max_header_count": "BentoML's uvicorn parses HTTP, with its own limits",
+    "grpc_port": "vLLM's Rust frontend does not run in the service",
+    "grpc": "the service serves vLLM's HTTP app, not its gRPC server",
+    "headless": "the service always serves vLLM's app",
+    "api_server_count": "one BentoML worker runs vLLM's app; scale with replicas (`make deploy SCALING_MAX=...`)",
+    "config": "the catalog entry is the configuration; a file it named would not travel in the Bento",
+    "data_parallel_supervisor_port": _DP_SUPERVISOR,
+    "dp_supervisor_probe_interval_s": _DP_SUPERVISOR,
+    "dp_supervisor_probe_timeout_s": _DP_SUPERVISOR,
+    "dp_supervisor_probe_failure_threshold": _DP_SUPERVISOR,
+}
 
 
 class CatalogError(Exception):
@@ -79,15 +126,42 @@ def bentocloud_gpu_types() -> tuple[str, ...]:
     return t.get_args(GpuLiteralType)
 
 
-def unknown_keys(keys: t.Iterable[str], valid: t.Collection[str], where: str) -> list[str]:
+def secret_problem(where: str, key: str) -> str:
+    env = SECRET_SETTINGS.get(key)
+    instead = f"list {env} under `envs:`" if env else "list the variable that holds it under `envs:`"
+    return (
+        f"{where}.{key}: a secret would be written into the generated service.py; {instead} "
+        "and give its value in the environment or a BentoCloud secret"
+    )
+
+
+def secrets_inside(value: t.Any, where: str) -> list[str]:
+    """Credentials inside a setting's value: keys that name one, or a Hugging Face token."""
+    if isinstance(value, dict):
+        problems = [secret_problem(where, str(k)) for k in value if SECRET_KEY.search(str(k))]
+        return problems + [p for k, v in value.items() if not SECRET_KEY.search(str(k)) for p in secrets_inside(v, f"{where}.{k}")]
+    if isinstance(value, (list, tuple)):
+        return [p for i, v in enumerate(value) for p in secrets_inside(v, f"{where}[{i}]")]
+    if isinstance(value, str) and HF_TOKEN_VALUE.search(value):
+        return [f"{where}: holds a Hugging Face token; list HF_TOKEN under `envs:` and give it in the environment instead"]
+    return []
+
+
+def setting_problems(settings: t.Mapping[str, t.Any], valid: t.Collection[str], where: str) -> list[str]:
     problems = []
-    for key in keys:
-        if key in RESERVED_FLAGS:
+    for key, value in settings.items():
+        if key in SECRET_SETTINGS:
+            problems.append(secret_problem(where, key))
+        elif key in NO_EFFECT_SETTINGS:
+            problems.append(f"{where}.{key}: does nothing inside a BentoML service: {NO_EFFECT_SETTINGS[key]}")
+        elif key in RESERVED_FLAGS:
             problems.append(f"{where}.{key}: set by the service from `model`, not in the catalog")
         elif key not in valid:
             close = difflib.get_close_matches(key, valid, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             problems.append(f"{where}.{key}: not a vLLM {where} argument{hint}")
+        else:
+            problems += secrets_inside(value, f"{where}.{key}")
     return problems
 
 
@@ -170,7 +244,7 @@ class Entry(Strict):
     @field_validator("engine")
     @classmethod
     def engine_fields(cls, engine: dict[str, t.Any]) -> dict[str, t.Any]:
-        problems = unknown_keys(engine, vllm_field_names()[0], "engine")
+        problems = setting_problems(engine, vllm_field_names()[0], "engine")
         if (length := engine.get("max_model_len")) is not None and (not isinstance(length, int) or length <= 0):
             problems.append("engine.max_model_len: must be a positive integer")
         problems += choice_problem("engine.quantization", engine.get("quantization"), quantization_methods(), "a method")
@@ -183,7 +257,7 @@ class Entry(Strict):
     @field_validator("server")
     @classmethod
     def server_fields(cls, server: dict[str, t.Any]) -> dict[str, t.Any]:
-        problems = unknown_keys(server, vllm_field_names()[1], "server")
+        problems = setting_problems(server, vllm_field_names()[1], "server")
         parsers = output_parsers()["server.tool_call_parser"]
         problems += choice_problem("server.tool_call_parser", server.get("tool_call_parser"), parsers, "a tool-call parser")
         if problems:

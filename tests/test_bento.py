@@ -1,4 +1,4 @@
-"""Build, containerize and deploy: make targets, a built Bento that serves, and no secret inside."""
+"""Build and containerize: make targets, a built Bento that serves, and no secret inside (deploy: test_deploy.py)."""
 
 from __future__ import annotations
 
@@ -14,30 +14,6 @@ import bento
 
 def make(*args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(["make", "-s", *args], cwd=ROOT, capture_output=True, text=True, env={**os.environ, **env})
-
-
-@pytest.mark.parametrize(
-    "model,expected,secret",
-    [
-        ("llama3.1-8b-instruct", "--instance-type gpu.l4.1", True),  # gated, one GPU
-        ("llama3.3-70b-instruct", "--instance-type gpu.h100.4", True),  # tensor parallel over 4 GPUs
-        ("qwen2.5-0.5b-instruct-cpu", "--instance-type cpu.4", False),  # CPU
-    ],
-)
-def test_deploy_dry_run_prints_the_command(model, expected, secret):
-    result = make("deploy", f"MODEL={model}", "DRY_RUN=1", "SCALING_MIN=1", "SCALING_MAX=3", HF_TOKEN="hf_canary_dry_run")
-    assert result.returncode == 0, result.stderr
-    line = result.stdout.strip()
-    assert line.startswith(f"cd models/{model} && ") and f"bentoml deploy . --name {model}" in line
-    assert expected in line and "--scaling-min 1 --scaling-max 3" in line
-    assert ("--secret huggingface" in line) == secret
-    assert "hf_canary_dry_run" not in result.stdout + result.stderr
-
-
-def test_deploy_without_login_names_the_login_command(tmp_path):
-    result = make("deploy", "MODEL=tiny-dev", BENTOML_HOME=str(tmp_path))
-    assert result.returncode != 0
-    assert "Not logged in to BentoCloud: run `bentoml cloud login`" in result.stderr
 
 
 def test_unknown_model_lists_the_names():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import ast
 from pathlib import Path
 import json
@@ -144,19 +146,21 @@ def test_generated_gateway_imports_as_a_bentoml_service(tmp_path):
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"name": "tiny-gateway", "deps": sorted(TINY)}
 
 
-def test_deploy_gives_each_model_service_its_own_instance_and_scaling():
+def test_deploy_gives_each_service_its_own_scaling_and_the_secrets_by_name():
     catalog = bento.catalog()
     gw = next(g for g in catalog["gateways"] if g["name"] == "assistant-l4")
-    command = bento.gateway_deploy_command(gw, 1, 3, "huggingface")
+    args = argparse.Namespace(scaling_min=1, scaling_max=3, secret="huggingface", api_key_secret="vllm-api-key",
+                              bentocloud_auth=False, instance_type=None)
+    command = bento.gateway_deploy_command(gw, args)
     config = json.loads(command[command.index("--config-dict") + 1])
-    assert config["name"] == "assistant-l4" and config["secrets"] == ["huggingface"]
-    assert config["services"]["assistant-l4"]["instance_type"] == bento.GATEWAY_INSTANCE_TYPE
-    for name in gw["models"]:
-        assert config["services"][name] == {"instance_type": "gpu.l4.1", "scaling": {"min_replicas": 1, "max_replicas": 3}}
+    assert config["name"] == "assistant-l4" and config["secrets"] == ["huggingface", "vllm-api-key"]
+    for name in ["assistant-l4", *gw["models"]]:  # BentoCloud picks each instance type from the service's resources
+        assert config["services"][name] == {"scaling": {"min_replicas": 1, "max_replicas": 3}}
 
 
 def test_make_deploy_dry_run_of_a_gateway():
-    result = subprocess.run(["make", "-s", "deploy", "MODEL=tiny-gateway", "DRY_RUN=1"], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(["make", "-s", "deploy", "MODEL=tiny-gateway", "BENTOCLOUD_AUTH=1", "DRY_RUN=1"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("cd models/tiny-gateway && ") and "deploy . --config-dict" in result.stdout
-    assert "--secret" not in result.stdout and '"secrets"' not in result.stdout  # no gated model in it
+    assert "--secret" not in result.stdout and '"secrets"' not in result.stdout  # no gated model, no key secret
+    assert '"access_authorization": true' in result.stdout
