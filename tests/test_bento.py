@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 
 import pytest
@@ -59,9 +58,8 @@ def test_containerize_without_an_engine_says_what_to_install():
     )
 
 
-def test_built_bento_serves_and_holds_no_secret(tmp_path, bentoml_home):
-    home = tmp_path / "home"
-    shutil.copytree(bentoml_home, home, symlinks=True)
+def test_build_on_a_fresh_checkout_makes_the_model_and_the_bento_serves_without_secrets(tmp_path):
+    home = tmp_path / "home"  # an empty BentoML home: no `make demo` or `make serve` before
     canary = "hf_canary_" + os.urandom(8).hex()
     secrets = {"HF_TOKEN": canary, "OPENAI_API_KEY": canary, "BENTO_CLOUD_API_KEY": canary}
     result = make("build", "MODEL=tiny-dev", BENTOML_HOME=str(home), **secrets)

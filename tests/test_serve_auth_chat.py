@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 
 import httpx
 import openai
@@ -67,11 +66,9 @@ def test_bentoml_api_with_the_key(keyed_server):
 
 @pytest.fixture(scope="module")
 def browser():
-    """Headless Debian Chromium driven by playwright; installs Chromium with apt if it is missing."""
+    """Headless Debian Chromium driven by playwright; `make browser` installs Chromium."""
     if not shutil.which("chromium"):
-        if os.geteuid() != 0:
-            pytest.fail("Chromium is missing and only root can install it: apt-get install chromium")
-        subprocess.run("apt-get update -qq && apt-get install -y -qq chromium", shell=True, check=True, capture_output=True)
+        pytest.skip("the chat-page tests need Chromium: run `make browser` (as root: apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:

@@ -19,10 +19,11 @@ import os
 import signal
 import typing as t
 
+from patches import VLLM_METRIC_PREFIX, keep_vllm_metrics_in_process, leave_out_http_metrics
+
 logger = logging.getLogger("bentoml.service")
 
 LOADING_MESSAGE = "The model is still loading; retry when /readyz answers 200."
-VLLM_METRIC_PREFIX = "vllm:"
 
 
 def engine_argv(model_path: str, config: t.Mapping[str, t.Any]) -> list[str]:
@@ -66,29 +67,6 @@ async def send_openai_error(send, status: int, message: str, err_type: str) -> N
     await send({"type": "http.response.body", "body": body.encode()})
 
 
-def keep_vllm_metrics_in_process() -> None:
-    """Give vLLM's Prometheus metrics plain in-memory values; every other metric keeps BentoML's.
-
-    `bentoml serve` sets PROMETHEUS_MULTIPROC_DIR, so each Prometheus value is an entry in an
-    mmap'ed file that BentoML's /metrics merges across workers: about ten times the cost of an
-    in-memory value. vLLM observes histograms for every generated token, which made this the
-    largest share of the Bento's extra CPU per token (README, Performance). This service runs
-    one worker, so vLLM's values need no merging; `vllm_metrics_text` exports them. Must run
-    before vLLM creates its metrics, i.e. before vLLM is imported.
-    """
-    from prometheus_client import values
-
-    shared_value = values.ValueClass
-    if not getattr(shared_value, "_multiprocess", False):  # not multiprocess mode, or done already
-        return
-
-    def value_class(typ, metric_name, *args, **kwargs):
-        chosen = values.MutexValue if metric_name.startswith(VLLM_METRIC_PREFIX) else shared_value
-        return chosen(typ, metric_name, *args, **kwargs)
-
-    values.ValueClass = value_class
-
-
 def vllm_metrics_text() -> str:
     """vLLM's in-process metrics in Prometheus' text format, to append to BentoML's /metrics."""
     from prometheus_client import REGISTRY, generate_latest
@@ -99,20 +77,6 @@ def vllm_metrics_text() -> str:
             return (m for m in REGISTRY.collect() if m.name.startswith(VLLM_METRIC_PREFIX))
 
     return generate_latest(VLLMMetrics()).decode()
-
-
-def leave_out_http_metrics(app) -> None:
-    """Take vLLM's HTTP request metrics (`http_requests_total`, ...) out of its app.
-
-    BentoML's own middleware already counts and times every request, vLLM's routes
-    included (`bentoml_service_request_total`, `..._duration_seconds`, by endpoint and
-    status). vLLM's copy cost about 60 µs of CPU per request (README, Performance) for
-    numbers that say the same.
-    """
-    from prometheus_fastapi_instrumentator.middleware import PrometheusInstrumentatorMiddleware
-
-    app.user_middleware = [m for m in app.user_middleware if m.cls is not PrometheusInstrumentatorMiddleware]
-    app.middleware_stack = None  # vLLM's build_app built it already; Starlette rebuilds it on the first request
 
 
 def stop_server(exit_code: int) -> None:
