@@ -81,8 +81,12 @@ def normalize(name: str) -> str:
 
 
 def read_lock(path: Path) -> Lock:
+    return parse_lock(path.read_text())
+
+
+def parse_lock(text: str) -> Lock:
     pins, served, in_tools = {}, [], False
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         in_tools = in_tools or line == TOOLS_HEADING
         name, sep, version = line.partition("==")
         if sep and not line.startswith("#"):
@@ -138,7 +142,8 @@ def locked_closure(device: str, roots: tuple[str, ...], pins: dict[str, str], re
     needed = closure(requires, roots, environment)
     allowed_missing = set(CPU_NOT_INSTALLED) if device == "cpu" else set()
     if missing := sorted(needed - set(pins) - allowed_missing):
-        raise LockError(f"{', '.join(roots)} need {', '.join(missing)}, which the {device} set lacks: run `make install` first")
+        hint = ": run `make install` first" if device == "cpu" else ""
+        raise LockError(f"{', '.join(roots)} need {', '.join(missing)}, which the {device} set lacks{hint}")
     return needed & set(pins)
 
 
@@ -195,13 +200,14 @@ def gpu_lock(cpu: Lock) -> str:
 def main() -> int:
     try:
         cpu_text = cpu_lock()
-        LOCKS["cpu"].write_text(cpu_text)
-        print(f"wrote {LOCKS['cpu'].name} from {sys.prefix}")
-        LOCKS["gpu"].write_text(gpu_lock(read_lock(LOCKS["cpu"])))
-        print(f"wrote {LOCKS['gpu'].name}, resolved from the package registry")
+        gpu_text = gpu_lock(parse_lock(cpu_text))
     except LockError as exc:
-        print(f"make lock: {exc}", file=sys.stderr)
+        print(f"make lock: {exc}; neither lock was changed", file=sys.stderr)
         return 1
+    LOCKS["cpu"].write_text(cpu_text)
+    print(f"wrote {LOCKS['cpu'].name} from {sys.prefix}")
+    LOCKS["gpu"].write_text(gpu_text)
+    print(f"wrote {LOCKS['gpu'].name}, resolved from the package registry")
     return 0
 
 

