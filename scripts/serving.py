@@ -82,6 +82,13 @@ class ServerProcess:
         self.stop()
         raise TimeoutError(f"not ready after {timeout:.0f}s:\n{self.log_tail()}")
 
+    def wait_exit(self, timeout: float) -> int | None:
+        """The exit code once the server exits by itself, or None if it still runs after timeout."""
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
     def stop(self, grace: float = 30) -> int | None:
         """SIGTERM the whole process group (the server stops its engine), SIGKILL what is left."""
         if self.process is None:

@@ -126,3 +126,14 @@ def local_hub(tiny_folder) -> t.Iterator[HubForTests]:
         hub_for_tests.add(TINY_REPO, tiny_folder)
         hub_for_tests.add(GATED_REPO, tiny_folder, gated=True)
         yield hub_for_tests
+
+
+def make_new(env: dict[str, str], catalog: Path, model_id: str, **variables: str) -> subprocess.CompletedProcess:
+    """`make new MODEL_ID=... [NAME=... GPU=...]` against a copy of the catalog."""
+    args = [f"MODEL_ID={model_id}", f"NEW_ARGS=--catalog {catalog}"] + [f"{k}={v}" for k, v in variables.items()]
+    return subprocess.run(["make", "-s", "new", *args], cwd=ROOT, env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=900)
+
+
+def last_entry(catalog: Path) -> dict:
+    return yaml.safe_load(catalog.read_text())["models"][-1]
