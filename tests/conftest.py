@@ -6,6 +6,7 @@ import contextlib
 import copy
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -164,3 +165,17 @@ def make_new(env: dict[str, str], catalog: Path, model_id: str, **variables: str
 
 def last_entry(catalog: Path) -> dict:
     return yaml.safe_load(catalog.read_text())["models"][-1]
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian Chromium driven by playwright; `make browser` installs Chromium."""
+    if not shutil.which("chromium"):
+        pytest.skip("the chat-page tests need Chromium: run `make browser` (as root: apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=shutil.which("chromium"),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"],
+        )
+        yield browser
+        browser.close()
