@@ -132,15 +132,25 @@ def stop_server(exit_code: int) -> None:
     os._exit(exit_code)
 
 
-def stop_other_workers(supervisor: int) -> None:
-    """SIGTERM the supervisor's other workers; each stops its own engine as on any shutdown."""
+def stop_other_workers(supervisor: int, grace: float = 5) -> None:
+    """Stop the supervisor's other workers and their engines: SIGTERM, then SIGKILL after `grace` s.
+
+    A worker still loading its engine would finish loading before it stops: not worth waiting for.
+    """
     import psutil
 
-    with contextlib.suppress(psutil.Error):
-        for worker in psutil.Process(supervisor).children():
-            if worker.pid != os.getpid():
-                with contextlib.suppress(psutil.Error):
-                    worker.terminate()
+    try:
+        workers = [p for p in psutil.Process(supervisor).children() if p.pid != os.getpid()]
+        processes = workers + [child for worker in workers for child in worker.children(recursive=True)]
+    except psutil.Error:
+        return
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=grace)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
 
 
 class OpenAIServer:
