@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-
 import ast
-from pathlib import Path
 import json
+import os
 import subprocess
+from pathlib import Path
 
 import generate
 import pytest
@@ -164,3 +164,18 @@ def test_make_deploy_dry_run_of_a_gateway():
     assert result.stdout.startswith("cd models/tiny-gateway && ") and "deploy . --config-dict" in result.stdout
     assert "--secret" not in result.stdout and '"secrets"' not in result.stdout  # no gated model, no key secret
     assert '"access_authorization": true' in result.stdout
+
+
+def test_gateway_builds_into_one_bento_with_every_service(bentoml_home):
+    env = {**os.environ, "BENTOML_HOME": bentoml_home}
+    built = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "scripts" / "bento.py"), "build", "tiny-gateway"],
+                           env=env, capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-2000:]
+    tag = built.stdout.strip().splitlines()[-1]
+    info = subprocess.run([str(ROOT / ".venv" / "bin" / "bentoml"), "get", tag, "-o", "json"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    services = {s["name"]: s for s in json.loads(info.stdout)["services"]}
+    assert sorted(services) == sorted(["tiny-gateway", *TINY])
+    assert sorted(d["service"] for d in services["tiny-gateway"]["dependencies"]) == sorted(TINY)
+    assert services["tiny-think"]["config"]["resources"] == {"cpu": 2, "memory": "4Gi"}  # each keeps its own
+    assert {m["tag"] for m in services["tiny-think"]["models"]} == {"llm-bentos-tiny-dev:v2", "llm-bentos-tiny-lora:v1"}
