@@ -6,7 +6,7 @@ PORT ?= 3000
 MODELS := $(sort $(notdir $(wildcard models/*)))
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser lock generate check test tiny-model new verify-revisions serve demo build containerize deploy bench stack-cost
+.PHONY: help install browser lock generate check test tiny-model new verify-revisions serve demo build containerize deploy secret bench stack-cost
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -61,7 +61,7 @@ verify-revisions: ## ask the Hub (or HF_ENDPOINT) whether every pinned revision 
 
 model-dir = models/$(MODEL)
 
-serve: ## serve one model: make serve MODEL=name [PORT=3000]
+serve: ## serve one model or gateway: make serve MODEL=name [PORT=3000]
 	@$(PY) scripts/bento.py prepare "$(MODEL)"
 	cd $(model-dir) && ../../$(VENV)/bin/bentoml serve . --port $(PORT)
 
@@ -77,8 +77,13 @@ containerize: ## build the Bento and its OCI image (needs a running Docker or Po
 SCALING_MIN ?= 0
 SCALING_MAX ?= 2
 SECRET ?= huggingface
-deploy: ## deploy to BentoCloud: make deploy MODEL=name [SCALING_MIN=0 SCALING_MAX=2] [SECRET=huggingface] [DRY_RUN=1]
-	@$(PY) scripts/bento.py deploy "$(MODEL)" --scaling-min $(SCALING_MIN) --scaling-max $(SCALING_MAX) --secret "$(SECRET)" $(if $(DRY_RUN),--dry-run,)
+deploy: ## deploy to BentoCloud: make deploy MODEL=name API_KEY_SECRET=name|BENTOCLOUD_AUTH=1 [INSTANCE_TYPE=t] [SCALING_MIN=0 SCALING_MAX=2] [SECRET=huggingface] [DRY_RUN=1]
+	@$(PY) scripts/bento.py deploy "$(MODEL)" --scaling-min $(SCALING_MIN) --scaling-max $(SCALING_MAX) --secret "$(SECRET)" \
+		$(if $(API_KEY_SECRET),--api-key-secret "$(API_KEY_SECRET)",) $(if $(BENTOCLOUD_AUTH),--bentocloud-auth,) \
+		$(if $(INSTANCE_TYPE),--instance-type "$(INSTANCE_TYPE)",) $(if $(DRY_RUN),--dry-run,)
+
+secret: ## create a BentoCloud secret from $KEY or a prompt, never a command line: make secret NAME=vllm-api-key KEY=VLLM_API_KEY
+	@$(PY) scripts/bento.py secret "$(NAME)" "$(KEY)" $(if $(DRY_RUN),--dry-run,)
 
 bench: ## Bento vs plain vLLM on the same weights, one server at a time: make bench [MODEL=tiny-dev] [BENCH_ARGS="--runs 5"]
 	$(PY) scripts/bench.py --model $(or $(MODEL),tiny-dev) $(BENCH_ARGS)
