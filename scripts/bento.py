@@ -1,13 +1,16 @@
 """Build, containerize and deploy one model folder, and create BentoCloud secrets; used by the Makefile.
 
-    python scripts/bento.py require NAME
+    python scripts/bento.py prepare NAME
     python scripts/bento.py build NAME
     python scripts/bento.py containerize NAME
     python scripts/bento.py deploy NAME (--api-key-secret SECRET | --bentocloud-auth) [--secret HF_SECRET]
                                         [--scaling-min N] [--scaling-max N] [--instance-type T] [--dry-run]
     python scripts/bento.py secret SECRET KEY [--dry-run]
 
-Reads catalog.yaml as plain YAML (no vLLM import), so these answer at once. No secret value
+NAME is a model entry or a gateway of catalog.yaml. Reads catalog.yaml as plain YAML (no
+vLLM import), so these answer at once. `prepare` checks the name and, for the entries that
+serve the tiny offline model (alone or in a gateway), puts that model into the BentoML model
+store first (scripts/tiny_model.py); `build` and `containerize` do the same. No secret value
 is ever on a command line: a gated model's HF_TOKEN and the service's VLLM_API_KEY reach
 BentoCloud as named secrets, and `secret` hands its value to `bentoml secret create` in a
 private file (BentoML 1.4.39 reads `KEY=@file`, but not the environment or a prompt).
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import os
 import shlex
 import shutil
@@ -34,13 +38,21 @@ from pathlib import Path
 
 import yaml
 
+import tiny_model
+
 ROOT = Path(__file__).resolve().parents[1]
 BENTOML = str(Path(sys.executable).parent / "bentoml")
 API_KEY_ENV = "VLLM_API_KEY"  # the key clients must send, read by the service (templates/web.py)
 
 
+def catalog() -> dict:
+    return yaml.safe_load((ROOT / "catalog.yaml").read_text())
+
+
 def entries() -> dict[str, dict]:
-    return {m["name"]: m for m in yaml.safe_load((ROOT / "catalog.yaml").read_text())["models"]}
+    """Model entries and gateways by name: both are folders under models/."""
+    data = catalog()
+    return {m["name"]: m for m in [*data["models"], *data.get("gateways", [])]}
 
 
 def entry_or_exit(name: str) -> dict:
@@ -49,6 +61,17 @@ def entry_or_exit(name: str) -> dict:
         given = f"MODEL={name}" if name else "MODEL is not set"
         sys.exit(f"{given}: not in catalog.yaml. Choose one of: {', '.join(known)}")
     return known[name]
+
+
+def prepare(name: str) -> dict:
+    """The entry or gateway; the tiny model, which no hub holds, made into the local model store first."""
+    entry = entry_or_exit(name)
+    known = entries()
+    served = [known[member] for member in entry["models"]] if "models" in entry else [entry]
+    if any(model["model"].get("bentoml_tag") == tiny_model.DEFAULT_TAG for model in served):
+        # Its progress lines go to stderr: stdout of `make build` is the Bento tag alone.
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "tiny_model.py")], stdout=sys.stderr, check=True)
+    return entry
 
 
 def deploy_command(entry: dict, args: argparse.Namespace) -> list[str]:
@@ -68,9 +91,25 @@ def deploy_command(entry: dict, args: argparse.Namespace) -> list[str]:
     return command
 
 
+def gateway_deploy_command(gateway: dict, args: argparse.Namespace) -> list[str]:
+    """`bentoml deploy` of a gateway: each service with its own replicas, and the instance type
+    BentoCloud infers from its own resources (a model's GPUs, the router's CPU)."""
+    known = entries()
+    scaling = {"min_replicas": args.scaling_min, "max_replicas": args.scaling_max}
+    services = {name: {"scaling": scaling} for name in [gateway["name"], *gateway["models"]]}
+    config: dict = {"name": gateway["name"], "services": services}
+    secrets = [args.secret] if any("HF_TOKEN" in known[name].get("envs", []) for name in gateway["models"]) else []
+    secrets += [args.api_key_secret] if args.api_key_secret else []
+    if secrets:
+        config["secrets"] = secrets
+    if args.bentocloud_auth:
+        config["access_authorization"] = True
+    return [BENTOML, "deploy", ".", "--config-dict", json.dumps(config)]
+
+
 def build(name: str) -> str:
     """`bentoml build` in the folder; returns the Bento tag."""
-    entry_or_exit(name)
+    prepare(name)
     result = subprocess.run([BENTOML, "build", ".", "--output", "tag"], cwd=ROOT / "models" / name, capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(result.stdout + result.stderr)
@@ -114,7 +153,14 @@ def deploy(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    command = deploy_command(entry, args)
+    if "models" in entry and args.instance_type:
+        print("INSTANCE_TYPE= names one instance type; each service of a gateway gets BentoCloud's choice "
+              "from its own resources.", file=sys.stderr)
+        return 2
+    if "models" in entry:  # a gateway
+        command = gateway_deploy_command(entry, args)
+    else:
+        command = deploy_command(entry, args)
     folder = ROOT / "models" / args.name
     if args.dry_run:
         print(f"cd {shlex.quote(str(folder.relative_to(ROOT)))} && {shlex.join(command)}")
@@ -160,7 +206,7 @@ def create_secret(name: str, key: str, dry_run: bool) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("require", "build", "containerize"):
+    for name in ("prepare", "build", "containerize"):
         commands.add_parser(name).add_argument("name")
     dep = commands.add_parser("deploy")
     dep.add_argument("name")
@@ -178,8 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "secret":
         return create_secret(args.secret_name, args.key, args.dry_run)
-    if args.command == "require":
-        entry_or_exit(args.name)
+    if args.command == "prepare":
+        prepare(args.name)
         return 0
     if args.command == "build":
         build(args.name)

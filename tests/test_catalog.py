@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from catalog import CatalogError, load_catalog
 from conftest import ROOT, entry_named
@@ -159,6 +161,40 @@ def test_lora_adapters_are_sources_with_unique_names(write_catalog, catalog_data
     assert any("names must differ" in p for p in problems(write_catalog, [entry]))
     entry["lora_adapters"][1]["name"] = "chat"
     assert problems(write_catalog, [entry]) == []
+
+
+# Phi-3 mini's config.json at the catalog's revision (the fields that choose the classes): it has
+# an auto_map to its own code, and model_type phi3, which transformers and vLLM know natively.
+PHI3_MINI_CONFIG = {
+    "architectures": ["Phi3ForCausalLM"],
+    "auto_map": {"AutoConfig": "configuration_phi3.Phi3Config", "AutoModelForCausalLM": "modeling_phi3.Phi3ForCausalLM"},
+    "model_type": "phi3", "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32,
+    "num_attention_heads": 32, "num_key_value_heads": 32, "max_position_embeddings": 4096,
+    "original_max_position_embeddings": 4096, "rope_scaling": None, "sliding_window": 2047, "vocab_size": 32064,
+}
+
+
+def test_phi3_mini_loads_without_remote_code(tmp_path, catalog_data):
+    from vllm import ModelRegistry
+    from vllm.transformers_utils.config import get_config
+
+    assert "trust_remote_code" not in entry_named(catalog_data, "phi3-mini-4k-instruct")["engine"]
+    (tmp_path / "config.json").write_text(json.dumps(PHI3_MINI_CONFIG))
+    config = get_config(tmp_path, trust_remote_code=False)
+    assert type(config).__module__ == "transformers.models.phi3.configuration_phi3"
+    assert config.architectures == ["Phi3ForCausalLM"] and "Phi3ForCausalLM" in ModelRegistry.get_supported_archs()
+
+
+def test_kv_cache_of_one_full_sequence_must_fit_beside_the_weights(write_catalog, catalog_data):
+    entry = entry_named(catalog_data, "llama3.1-8b-instruct")
+    entry["kv_bytes_per_token"] = 2 * 32 * 8 * 128 * 2  # layers x KV heads x head_dim, K and V, bf16
+    assert problems(write_catalog, [entry]) == []  # 16.1 GB + 1.1 GB for 8192 tokens on an L4
+    entry["engine"]["max_model_len"] = 131072
+    found = problems(write_catalog, [entry])
+    expected = "16.1 GB of weights + 17.2 GB KV cache of one 131072-token sequence = 33.2 GB > 90% of 0.9 x 24 GB on 1 x nvidia-l4 (19.4 GB)"
+    assert any(expected in p for p in found), found
+    entry["kv_bytes_per_token"] = 0
+    assert any("kv_bytes_per_token" in p and "greater than 0" in p for p in problems(write_catalog, [entry]))
 
 
 CANARY = "hf_" + "Canary0123456789" * 3  # shaped like a Hugging Face token
