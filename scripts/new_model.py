@@ -244,7 +244,7 @@ def with_entry(catalog_text: str, item: str) -> str:
     end = next((i for i in range(start + 1, len(lines)) if re.match(r"[A-Za-z_][\w-]*\s*:", lines[i])), len(lines))
     while end > start + 1 and (not lines[end - 1].strip() or lines[end - 1].startswith("#")):
         end -= 1
-    head, tail = "".join(lines[:end]), "".join(lines[end:])
+    head, tail = "".join(lines[:end]), "".join(lines[end:]).lstrip("\n")
     if head and not head.endswith("\n"):
         head += "\n"
     return head + "\n" + item + ("\n" + tail if tail else "")

@@ -98,6 +98,13 @@ class ServerProcess:
         except psutil.NoSuchProcess:
             return []
 
+    def wait_exit(self, timeout: float) -> int | None:
+        """The exit code once the server exits by itself, or None if it still runs after timeout."""
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
     def stop(self, grace: float = 30) -> int | None:
         """SIGTERM the process group (the server stops its workers and engine), then SIGKILL
         whatever is left of it and of every descendant, which may live in other sessions."""

@@ -54,3 +54,4 @@ def test_build_on_a_fresh_checkout_makes_the_model_and_the_bento_serves_without_
         )
         assert reply.usage.completion_tokens == 4
     assert canary not in server.log_path.read_text(errors="replace")
+

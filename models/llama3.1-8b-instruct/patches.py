@@ -7,8 +7,8 @@ scripts/generate.py.
 - `keep_vllm_metrics_in_process`: vLLM's Prometheus values in memory, not in BentoML's files.
 - `leave_out_http_metrics`: no second copy of BentoML's HTTP request metrics in vLLM's app.
 
-Each replaces a private part of a library, measured with the pinned versions (README,
-Performance). `guarded_patch` applies one only while the code it replaces is, to the
+Each replaces a private part of a library, measured with the pinned versions
+(docs/performance.md). `guarded_patch` applies one only while the code it replaces is, to the
 byte, the code it was tested on (a digest of that code's source, so a new version with
 the same code still gets it and a changed one does not). Otherwise, or when the patch
 itself raises, it logs one warning naming the patch and leaves the library's own
@@ -139,7 +139,7 @@ def fix_request_timeout() -> None:
     seconds after it ended: tens of thousands at a few hundred requests per second and a
     timeout of minutes. It also runs the rest of the app in a task of its own, so every
     request waits one more turn of a busy event loop before vLLM sees it. Both showed in
-    the Bento's CPU per request and time to first token (README, Performance).
+    the Bento's CPU per request and time to first token (docs/performance.md).
     This keeps BentoML's behaviour (a 504 when no byte is sent within the timeout; the
     timeout bounds only the wait for the first byte) with `asyncio.timeout` in the
     request's own task, disarmed at the first byte.
@@ -204,7 +204,7 @@ def keep_vllm_metrics_in_process() -> None:
     `bentoml serve` sets PROMETHEUS_MULTIPROC_DIR, so each Prometheus value is an entry in an
     mmap'ed file that BentoML's /metrics merges across workers: about ten times the cost of an
     in-memory value. vLLM observes histograms for every generated token, which made this the
-    largest share of the Bento's extra CPU per token (README, Performance). This service runs
+    largest share of the Bento's extra CPU per token (docs/performance.md). This service runs
     one worker, so vLLM's values need no merging; `vllm_openai.vllm_metrics_text` exports
     them. Must run before vLLM creates its metrics, i.e. before vLLM is imported.
     """
@@ -260,7 +260,7 @@ def leave_out_http_metrics(app) -> None:
 
     BentoML's own middleware already counts and times every request, vLLM's routes
     included (`bentoml_service_request_total`, `..._duration_seconds`, by endpoint and
-    status). vLLM's copy cost about 60 µs of CPU per request (README, Performance) for
+    status). vLLM's copy cost about 60 µs of CPU per request (docs/performance.md) for
     numbers that say the same.
     """
     middleware = _http_metrics_middleware()
