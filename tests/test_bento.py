@@ -1,4 +1,4 @@
-"""Build, containerize and deploy: make targets, a built Bento that serves, and no secret inside."""
+"""Build and containerize: make targets, a built Bento that serves, and no secret inside (deploy: test_deploy.py)."""
 
 from __future__ import annotations
 
@@ -6,39 +6,14 @@ import os
 import subprocess
 
 import pytest
-from conftest import ARTIFACTS, ROOT
+from conftest import ROOT, serve_folder
 from openai import OpenAI
-from serving import bento_server, free_port
 
 import bento
 
 
 def make(*args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(["make", "-s", *args], cwd=ROOT, capture_output=True, text=True, env={**os.environ, **env})
-
-
-@pytest.mark.parametrize(
-    "model,expected,secret",
-    [
-        ("llama3.1-8b-instruct", "--instance-type gpu.l4.1", True),  # gated, one GPU
-        ("llama3.3-70b-instruct", "--instance-type gpu.h100.4", True),  # tensor parallel over 4 GPUs
-        ("qwen2.5-0.5b-instruct-cpu", "--instance-type cpu.4", False),  # CPU
-    ],
-)
-def test_deploy_dry_run_prints_the_command(model, expected, secret):
-    result = make("deploy", f"MODEL={model}", "DRY_RUN=1", "SCALING_MIN=1", "SCALING_MAX=3", HF_TOKEN="hf_canary_dry_run")
-    assert result.returncode == 0, result.stderr
-    line = result.stdout.strip()
-    assert line.startswith(f"cd models/{model} && ") and f"bentoml deploy . --name {model}" in line
-    assert expected in line and "--scaling-min 1 --scaling-max 3" in line
-    assert ("--secret huggingface" in line) == secret
-    assert "hf_canary_dry_run" not in result.stdout + result.stderr
-
-
-def test_deploy_without_login_names_the_login_command(tmp_path):
-    result = make("deploy", "MODEL=tiny-dev", BENTOML_HOME=str(tmp_path))
-    assert result.returncode != 0
-    assert "Not logged in to BentoCloud: run `bentoml cloud login`" in result.stderr
 
 
 def test_unknown_model_lists_the_names():
@@ -72,21 +47,11 @@ def test_build_on_a_fresh_checkout_makes_the_model_and_the_bento_serves_without_
     assert any(p.name == "service.py" for p in files)
     assert not [p for p in files if canary.encode() in p.read_bytes()]
 
-    log = ARTIFACTS / "built-bento.server.log"
-    with bento_server(tmp_path, free_port(), env={"BENTOML_HOME": str(home), **secrets}, log_path=log, target=tag) as server:
-        server.wait_ready(timeout=300)
+    with serve_folder(tmp_path, "built-bento", env={"BENTOML_HOME": str(home), **secrets}, target=tag) as server:
         client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
         reply = client.chat.completions.create(
             model="tiny-dev", messages=[{"role": "user", "content": "Hi"}], max_tokens=4, extra_body={"ignore_eos": True}
         )
         assert reply.usage.completion_tokens == 4
-    assert canary not in log.read_text(errors="replace")
+    assert canary not in server.log_path.read_text(errors="replace")
 
-
-def test_secret_value_comes_from_a_dotenv_file_not_the_command_line(tmp_path):
-    """The form the READMEs give: `bentoml secret create huggingface --from-file .env`."""
-    from bentoml_cli.secret import read_dotenv_callback
-
-    token = "hf_canary_" + os.urandom(8).hex()
-    (tmp_path / ".env").write_text(f"HF_TOKEN={token}\n")
-    assert read_dotenv_callback(None, None, (str(tmp_path / ".env"),)) == [("HF_TOKEN", token)]

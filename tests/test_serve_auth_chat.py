@@ -10,8 +10,7 @@ import httpx
 import openai
 import pytest
 from chat_page import CHAT_ROUTE, add_to_requests, engine_core, engine_paused, last, new_chat, open_chat, roles, send
-from conftest import ARTIFACTS, ROOT
-from serving import bento_server, free_port
+from conftest import ARTIFACTS, ROOT, serve_folder
 
 KEY = "sk-test-" + os.urandom(6).hex()
 CHAT = [{"role": "user", "content": "Hello"}]
@@ -19,10 +18,7 @@ CHAT = [{"role": "user", "content": "Hello"}]
 
 @pytest.fixture(scope="module")
 def keyed_server(bentoml_home):
-    server = bento_server(ROOT / "models" / "tiny-dev", free_port(), env={"BENTOML_HOME": bentoml_home, "VLLM_API_KEY": KEY},
-                          log_path=ARTIFACTS / "keyed.server.log")
-    with server:
-        server.wait_ready(timeout=600)
+    with serve_folder(ROOT / "models" / "tiny-dev", "keyed", env={"BENTOML_HOME": bentoml_home, "VLLM_API_KEY": KEY}) as server:
         yield server
     assert KEY not in server.log_path.read_text(errors="replace"), "the key must never be logged"
 

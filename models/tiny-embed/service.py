@@ -15,7 +15,8 @@ import typing as t
 
 import bentoml
 
-from bentoml_fixes import fix_request_timeout
+from patches import fix_request_timeout
+from supervisor import exit_with_worker_status
 from vllm_openai import OpenAIServer, engine_argv, vllm_metrics_text
 from web import APIKeyMiddleware
 
@@ -73,6 +74,11 @@ class VLLM:
             raise bentoml.exceptions.BentoMLException(
                 f"model files missing in {path}: {', '.join(missing + ([] if weights else ['*.safetensors weights']))}"
             )
+
+    @bentoml.on_deployment
+    def exit_status_from_worker() -> None:
+        """A worker whose model cannot load, or whose engine died, ends `bentoml serve` with its non-zero status."""
+        exit_with_worker_status()
 
     @bentoml.on_startup
     def start_engine(self) -> None:
