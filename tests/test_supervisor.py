@@ -15,18 +15,21 @@ TEMPLATES = str(ROOT / "templates")
 # on SIGTERM stops it and exits normally (status 0), as circus does; otherwise exits with
 # 100 + the worker's status once the worker ends by itself.
 PARENT = textwrap.dedent("""
-    import signal, subprocess, sys
+    import signal, subprocess, sys, time
     from supervisor import exit_with_worker_status
     if sys.argv[2] == "supervisor":
         exit_with_worker_status()
-    def stop(*_):
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    worker = subprocess.Popen([sys.executable, "-c", sys.argv[1]])
+    while worker.poll() is None and not stopping:
+        time.sleep(0.05)
+    if stopping:
         print("parent got SIGTERM", flush=True)
         worker.terminate()
         worker.wait()
         sys.exit(0)
-    signal.signal(signal.SIGTERM, stop)
-    worker = subprocess.Popen([sys.executable, "-c", sys.argv[1]])
-    sys.exit(100 + worker.wait())
+    sys.exit(100 + worker.returncode)
 """)
 WORKER = textwrap.dedent("""
     import logging, time
