@@ -91,38 +91,54 @@ class ServerProcess:
         self.stop()
         raise TimeoutError(f"not ready after {timeout:.0f}s:\n{self.log_tail()}")
 
-    def stop(self, grace: float = 30) -> int | None:
-        """SIGTERM the whole process group (the server stops its engine), SIGKILL what is left.
+    def descendants(self) -> list[psutil.Process]:
+        """Every process below the server, whatever its session (BentoML's worker has its own)."""
+        try:
+            return psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
 
-        BentoML's supervisor starts its workers in sessions of their own, out of the group:
-        they are found as descendants, before anything is stopped.
-        """
+    def wait_exit(self, timeout: float) -> int | None:
+        """The exit code once the server exits by itself, or None if it still runs after timeout."""
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, grace: float = 30) -> int | None:
+        """SIGTERM the process group (the server stops its workers and engine), then SIGKILL
+        whatever is left of it and of every descendant, which may live in other sessions."""
         if self.process is None:
             return None
-        descendants = self.descendants()
+        family = self.descendants()  # now: once their parent exits, orphans cannot be found by a walk
         if self.process.poll() is None:
             with_group(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(grace)
             except subprocess.TimeoutExpired:
                 pass
+        family += [p for p in self.descendants() if p not in family]
         with_group(self.process.pid, signal.SIGKILL)  # engine processes left behind, if any
-        for process in descendants:
-            with contextlib.suppress(psutil.Error):
-                process.kill()
         self.process.wait()
+        end_all(family, grace=5)
         return self.process.returncode
-
-    def descendants(self) -> list[psutil.Process]:
-        with contextlib.suppress(psutil.Error):
-            return psutil.Process(self.process.pid).children(recursive=True)
-        return []
 
     def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def end_all(processes: list[psutil.Process], grace: float) -> None:
+    """SIGTERM the processes still running, SIGKILL those still there after `grace` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for process in processes:
+            try:
+                process.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+        _, processes = psutil.wait_procs(processes, timeout=grace)
 
 
 def with_group(pid: int, sig: int) -> None:

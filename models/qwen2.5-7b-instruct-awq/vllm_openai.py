@@ -17,6 +17,7 @@ import json
 import logging
 import typing as t
 
+from patches import VLLM_METRIC_PREFIX, keep_vllm_metrics_in_process, leave_out_http_metrics
 from supervisor import end_server
 
 logger = logging.getLogger("bentoml.service")
@@ -29,7 +30,6 @@ ENGINE_DIED_MESSAGE = "vLLM's engine died; the server is stopping so that it can
 ENGINE_WATCH_INTERVAL_S = 1.0
 # How long /livez and /readyz say 503 (and requests get their error) before the server stops.
 STOP_DELAY_S = 2.0
-VLLM_METRIC_PREFIX = "vllm:"
 
 
 def engine_argv(model_path: str, config: t.Mapping[str, t.Any]) -> list[str]:
@@ -73,29 +73,6 @@ async def send_openai_error(send, status: int, message: str, err_type: str) -> N
     await send({"type": "http.response.body", "body": body.encode()})
 
 
-def keep_vllm_metrics_in_process() -> None:
-    """Give vLLM's Prometheus metrics plain in-memory values; every other metric keeps BentoML's.
-
-    `bentoml serve` sets PROMETHEUS_MULTIPROC_DIR, so each Prometheus value is an entry in an
-    mmap'ed file that BentoML's /metrics merges across workers: about ten times the cost of an
-    in-memory value. vLLM observes histograms for every generated token, which made this the
-    largest share of the Bento's extra CPU per token (README, Performance). This service runs
-    one worker, so vLLM's values need no merging; `vllm_metrics_text` exports them. Must run
-    before vLLM creates its metrics, i.e. before vLLM is imported.
-    """
-    from prometheus_client import values
-
-    shared_value = values.ValueClass
-    if not getattr(shared_value, "_multiprocess", False):  # not multiprocess mode, or done already
-        return
-
-    def value_class(typ, metric_name, *args, **kwargs):
-        chosen = values.MutexValue if metric_name.startswith(VLLM_METRIC_PREFIX) else shared_value
-        return chosen(typ, metric_name, *args, **kwargs)
-
-    values.ValueClass = value_class
-
-
 def vllm_metrics_text() -> str:
     """vLLM's in-process metrics in Prometheus' text format, to append to BentoML's /metrics."""
     from prometheus_client import REGISTRY, generate_latest
@@ -106,20 +83,6 @@ def vllm_metrics_text() -> str:
             return (m for m in REGISTRY.collect() if m.name.startswith(VLLM_METRIC_PREFIX))
 
     return generate_latest(VLLMMetrics()).decode()
-
-
-def leave_out_http_metrics(app) -> None:
-    """Take vLLM's HTTP request metrics (`http_requests_total`, ...) out of its app.
-
-    BentoML's own middleware already counts and times every request, vLLM's routes
-    included (`bentoml_service_request_total`, `..._duration_seconds`, by endpoint and
-    status). vLLM's copy cost about 60 µs of CPU per request (README, Performance) for
-    numbers that say the same.
-    """
-    from prometheus_fastapi_instrumentator.middleware import PrometheusInstrumentatorMiddleware
-
-    app.user_middleware = [m for m in app.user_middleware if m.cls is not PrometheusInstrumentatorMiddleware]
-    app.middleware_stack = None  # vLLM's build_app built it already; Starlette rebuilds it on the first request
 
 
 class EngineDeathHook:
@@ -145,6 +108,7 @@ class EngineDeathHook:
             self._on_exit()
 
 
+
 class OpenAIServer:
     """ASGI app that is vLLM's OpenAI app once the engine is ready, and a 503 before.
 
@@ -167,7 +131,11 @@ class OpenAIServer:
             await send_openai_error(send, 503, self.failure or LOADING_MESSAGE, "ServiceUnavailableError")
 
     async def stream_chat(self, messages: list[dict], **params: t.Any) -> t.AsyncIterator[str]:
-        """Stream the text of a chat completion through vLLM's own chat serving code."""
+        """Stream the answer of a chat completion through vLLM's own chat serving code.
+
+        With a reasoning parser, vLLM streams the reasoning apart from the answer; only the
+        answer (`content`) comes out here.
+        """
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
         with self._client_errors():
@@ -177,7 +145,10 @@ class OpenAIServer:
             payload = event.removeprefix("data: ").strip()
             if payload == "[DONE]":
                 break
-            for choice in json.loads(payload).get("choices", []):
+            chunk = json.loads(payload)
+            if "error" in chunk:  # vLLM reports an error met while streaming as an event
+                raise self._error(chunk["error"]["code"], chunk["error"]["message"])
+            for choice in chunk.get("choices", []):
                 if text := choice.get("delta", {}).get("content"):
                     yield text
 
@@ -200,23 +171,45 @@ class OpenAIServer:
 
     @staticmethod
     def _check(result):
-        """vLLM's serving code returns an ErrorResponse for bad requests: raise it as a 4xx."""
-        import bentoml
+        """vLLM's serving code returns an ErrorResponse where it refuses or fails a request:
+        raise it with vLLM's status (4xx the caller's fault, 5xx the server's)."""
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
         if isinstance(result, ErrorResponse):
-            raise bentoml.exceptions.InvalidArgument(result.error.message)
+            raise OpenAIServer._error(result.error.code, result.error.message)
         return result
+
+    @staticmethod
+    def _error(status: int, message: str):
+        """The BentoML exception that answers with this HTTP status."""
+        from http import HTTPStatus
+
+        from bentoml.exceptions import (
+            InternalServerError, InvalidArgument, NotFound, ServiceUnavailable, UnprocessableEntity,
+        )
+
+        status = HTTPStatus(status)
+        exact = {HTTPStatus.BAD_REQUEST: InvalidArgument, HTTPStatus.NOT_FOUND: NotFound,
+                 HTTPStatus.UNPROCESSABLE_ENTITY: UnprocessableEntity, HTTPStatus.SERVICE_UNAVAILABLE: ServiceUnavailable}
+        error_type = exact.get(status, InvalidArgument if status < 500 else InternalServerError)
+        return error_type(message, error_code=status)
 
     @staticmethod
     @contextlib.contextmanager
     def _client_errors():
-        """pydantic's ValueErrors and vLLM's client errors are the caller's fault: a 400."""
+        """pydantic's ValueErrors and vLLM's client errors are the caller's fault: a 400.
+        vLLM's server errors are not: a dead engine is a 503 (the probes say so too), any
+        other a 500."""
         import bentoml
-        from vllm.exceptions import VLLMClientError
+        from vllm.exceptions import VLLMClientError, VLLMServerError
+        from vllm.v1.engine.exceptions import EngineDeadError
 
         try:
             yield
+        except EngineDeadError as exc:
+            raise bentoml.exceptions.ServiceUnavailable(f"vLLM's engine has stopped: {exc}") from exc
+        except VLLMServerError as exc:
+            raise bentoml.exceptions.InternalServerError(str(exc)) from exc
         except (ValueError, VLLMClientError) as exc:
             raise bentoml.exceptions.InvalidArgument(str(exc)) from None
 
