@@ -6,7 +6,7 @@ PORT ?= 3000
 MODELS := $(sort $(notdir $(wildcard models/*)))
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock generate check test tiny-model serve demo build containerize deploy bench stack-cost
+.PHONY: help install client-env lock generate check test tiny-model serve demo build containerize deploy bench stack-cost
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -19,6 +19,13 @@ install: ## create .venv with the pinned versions of constraints.txt
 	@# PyPI's torchvision/torchaudio break imports beside the CPU build of torch.
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	@$(PY) -c "import vllm, bentoml; print('installed vllm', vllm.__version__, 'and bentoml', bentoml.__version__)"
+
+CLIENT_ENV := .client-env
+client-env: ## a separate venv with instructor and langchain-openai (requirements-clients.txt) for the forced-tool-call tests
+	$(PYTHON) -m venv $(CLIENT_ENV)
+	$(CLIENT_ENV)/bin/python -m pip install --progress-bar off -q --upgrade "pip==26.3"
+	$(CLIENT_ENV)/bin/python -m pip install --progress-bar off -q -r requirements-clients.txt
+	@$(CLIENT_ENV)/bin/python -c "import instructor, langchain_openai, openai; print('client-env: instructor', instructor.__version__, 'and openai', openai.__version__)"
 
 lock: ## rewrite constraints.txt from the current .venv
 	{ sed -n '1,2p' constraints.txt; $(PY) -m pip freeze --exclude-editable; } > constraints.txt.new && mv constraints.txt.new constraints.txt
