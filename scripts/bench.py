@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--input-len", type=int, default=64, help="prompt tokens (default: 64)")
     parser.add_argument("--output-len", type=int, default=64, help="generated tokens, EOS ignored (default: 64)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="(default: bench/results)")
+    parser.add_argument("--gateway", action="store_true",
+                        help="measure the model's service alone against it behind a gateway (scripts/bench_gateway.py)")
     parser.add_argument("--pool", type=Path, nargs="+", metavar="RESULT_JSON",
                         help="measure nothing: summarize the pairs of these earlier result files together")
     args = parser.parse_args(argv)
@@ -98,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         model, runs, concurrencies = pooled_runs(args.pool)
         print(summary_table(summarize(runs, concurrencies), model))
         return 0
+    if args.gateway:
+        import bench_gateway
+
+        return bench_gateway.run(args)
     record = measure(args)
     stem = args.out / f"{record['model']}-{record['created_utc']}"
     json_path = Path(f"{stem}.json")

@@ -5,9 +5,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import secrets
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+import typing as t
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -99,3 +103,79 @@ def tiny_server(bentoml_home, request):
 @pytest.fixture(scope="module")
 def client(tiny_server) -> OpenAI:
     return OpenAI(base_url=f"{tiny_server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+# Tests that start several engines at once (a gateway): 1 GiB of KV cache each, plenty for
+# the tiny model, instead of each its catalog share of this shared machine's memory.
+SMALL_KV_CACHE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+
+
+# A Hugging Face Hub on localhost (scripts/local_hub.py), reached through HF_ENDPOINT.
+TINY_REPO = "llm-bentos-test/tiny-chat"
+GATED_REPO = "llm-bentos-test/tiny-gated"
+
+
+@dataclass
+class HubForTests:
+    url: str
+    token: str  # random, made for this run; it opens GATED_REPO
+    hub: t.Any  # local_hub.LocalHub: tests may add repositories to hub.repos
+
+    def env(self, tmp_path: Path, token: bool = False) -> dict[str, str]:
+        """Environment of a process that talks to this Hub, with a private HF cache (and HF_TOKEN)."""
+        env = {"HF_ENDPOINT": self.url, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "0",
+               "HF_HUB_DISABLE_TELEMETRY": "1", "BENTOML_HOME": str(tmp_path / "bentoml-home")}
+        return {**env, "HF_TOKEN": self.token} if token else env
+
+    def add(self, repo_id: str, folder: Path, gated: bool = False) -> str:
+        """Serve folder as repo_id; return its commit."""
+        from local_hub import Repo
+
+        self.hub.repos[repo_id] = Repo(folder, gated=gated)
+        return self.hub.repos[repo_id].sha
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory) -> Path:
+    """The tiny model as a plain Hugging Face folder, made by the repository's own script."""
+    folder = tmp_path_factory.mktemp("tiny-folder") / "tiny"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "tiny_model.py"), "--out", str(folder)], check=True, capture_output=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def local_hub(tiny_folder) -> t.Iterator[HubForTests]:
+    """The Hub stand-in with the tiny model, public and gated; its token exists only in this process."""
+    from local_hub import LocalHub, serve_in_thread
+
+    hub = LocalHub({}, token=secrets.token_urlsafe(24))
+    with serve_in_thread(hub) as url:
+        hub_for_tests = HubForTests(url, hub.token, hub)
+        hub_for_tests.add(TINY_REPO, tiny_folder)
+        hub_for_tests.add(GATED_REPO, tiny_folder, gated=True)
+        yield hub_for_tests
+
+
+def make_new(env: dict[str, str], catalog: Path, model_id: str, **variables: str) -> subprocess.CompletedProcess:
+    """`make new MODEL_ID=... [NAME=... GPU=...]` against a copy of the catalog."""
+    args = [f"MODEL_ID={model_id}", f"NEW_ARGS=--catalog {catalog}"] + [f"{k}={v}" for k, v in variables.items()]
+    return subprocess.run(["make", "-s", "new", *args], cwd=ROOT, env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=900)
+
+
+def last_entry(catalog: Path) -> dict:
+    return yaml.safe_load(catalog.read_text())["models"][-1]
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian Chromium driven by playwright; `make browser` installs Chromium."""
+    if not shutil.which("chromium"):
+        pytest.skip("the chat-page tests need Chromium: run `make browser` (as root: apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=shutil.which("chromium"),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"],
+        )
+        yield browser
+        browser.close()

@@ -25,7 +25,7 @@ def test_hf_model_from_an_offline_cache_serves(tmp_path, write_catalog, catalog_
     del entry["engine"]["served_model_name"]
     out = tmp_path / "models"
     assert generate.main(["--catalog", str(write_catalog([entry])), "--out", str(out)]) == 0
-    assert f'bentoml.models.HuggingFaceModel(\n    "{REPO_ID}",\n    revision="{REVISION}"' in (out / "tiny-hf" / "service.py").read_text()
+    assert f'MODEL = HubModel(\n    "{REPO_ID}",\n    revision="{REVISION}"' in (out / "tiny-hf" / "service.py").read_text()
 
     env = {"BENTOML_HF_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1", "BENTOML_HOME": str(tmp_path / "bentoml")}
     with serve_folder(out / "tiny-hf", "hf-cache", env=env) as server:

@@ -6,7 +6,8 @@ import generate
 import httpx
 import pytest
 import yaml
-from conftest import entry_named, serve_folder
+from chat_page import last, new_chat, send
+from conftest import ARTIFACTS, entry_named, serve_folder
 from openai import OpenAI
 
 import tiny_model
@@ -27,7 +28,8 @@ def features_server(bentoml_home, tmp_path_factory, catalog_data):
     assert '"reasoning_parser": "deepseek_r1"' in service and '"enable_lora": True' in service
     assert "the model's thinking (split off by vLLM's reasoning parser) is\n        not streamed here" in service
     assert f'"tiny-lora": bentoml.models.BentoModel("{tiny_model.DEFAULT_LORA_TAG}")' in service
-    with serve_folder(root / "models" / "tiny-features", "tiny-features", env={"BENTOML_HOME": bentoml_home}) as server:
+    with serve_folder(root / "models" / "tiny-features", "tiny-features", env={"BENTOML_HOME": bentoml_home},
+                      timeout=600) as server:
         yield server
 
 
@@ -53,40 +55,15 @@ def test_adapter_changes_the_output(features_client):
     assert greedy("tiny-lora") == greedy("tiny-lora")
 
 
-def token_id(url: str, text: str) -> int:
-    """The one token of `text`, from vLLM's /tokenize."""
-    response = httpx.post(f"{url}/tokenize", json={"model": "tiny-features", "prompt": text, "add_special_tokens": False})
-    (token,) = response.json()["tokens"]
-    return token
-
-
-def sampled_chat(client: OpenAI, seed: int, **extra) -> dict:
-    """One seeded chat of 32 tokens: its reasoning and its answer, as vLLM's parser split them."""
-    reply = client.chat.completions.create(
-        model="tiny-features", messages=CHAT, max_tokens=32, temperature=1.0, seed=seed,
-        extra_body={"ignore_eos": True, **extra},
-    )
-    message = reply.choices[0].message.model_dump()
-    return {"reasoning": message.get("reasoning") or message.get("reasoning_content") or "",
-            "content": message["content"] or ""}
-
-
-def test_reasoning_parser_splits_the_reply_at_the_end_of_thinking(features_server, features_client):
+def test_reasoning_parser_splits_the_reply_at_the_end_of_thinking(features_client):
     """deepseek_r1 reads what comes before `</think>` as reasoning and the rest as the answer.
 
-    A random model seldom writes `</think>`: a logit bias of 4 lifts it from about 1 in 512
-    tokens to about 1 in 10, so that in 32 sampled tokens it mostly comes, and mostly not
-    first. Each seed is repeatable; the first seed whose reply holds the marker past its
-    first token is the one checked.
+    A random model seldom writes `</think>`: `split_reply` nudges it with a logit bias and
+    finds a seeded reply that holds the marker past its first token (repeatable per seed).
     """
-    end = token_id(features_server.url, "</think>")
-    tries = {}
-    for seed in range(12):
-        reply = tries[seed] = sampled_chat(features_client, seed, logit_bias={str(end): 4.0})
-        if reply["reasoning"] and reply["content"]:
-            break
-    assert reply["reasoning"] and reply["content"], f"no seed split the reply: {tries}"
-    assert "</think>" not in reply["reasoning"], "the reasoning ends before the marker"
+    _, message = split_reply(features_client, CHAT, max_tokens=32)
+    assert message["reasoning"] and message["content"], message
+    assert "</think>" not in message["reasoning"], "the reasoning ends before the marker"
 
 
 def test_generate_streams_the_answer_without_the_reasoning(features_server, features_client):
@@ -101,3 +78,50 @@ def test_generate_streams_the_answer_without_the_reasoning(features_server, feat
     assert reasoning, "the same request has reasoning on /v1/chat/completions"
     assert streamed == (message["content"] or "")
     assert reasoning not in streamed
+
+
+# In the page, the reasoning of the reply goes into a <details> that stays closed, as it streams.
+WATCH_REASONING = """() => {
+  window.reasoningSeen = null;
+  new MutationObserver((changes, observer) => {
+    const box = document.querySelector('.assistant .reasoning');
+    if (box && box.textContent) {
+      observer.disconnect();
+      window.reasoningSeen = { open: box.open, streaming: document.getElementById('send').disabled };
+    }
+  }).observe(document.getElementById('log'), { childList: true, subtree: true, characterData: true });
+}"""
+
+
+def split_reply(client: OpenAI, messages: list[dict], max_tokens: int) -> tuple[dict, dict]:
+    """Extra sampling settings (a seed, a nudge towards </think>; temperature 1) under which the random model's reply has
+    both reasoning and an answer, and that reply."""
+    url = str(client.base_url).removesuffix("/v1/")
+    end_of_thinking = httpx.post(f"{url}/tokenize", json={"model": "tiny-features", "prompt": "</think>", "add_special_tokens": False}).json()["tokens"]
+    for seed in range(40):
+        extra = {"seed": seed, "logit_bias": {str(end_of_thinking[0]): 4.0}, "ignore_eos": True}
+        reply = client.chat.completions.create(model="tiny-features", messages=messages, max_tokens=max_tokens,
+                                               temperature=1.0, extra_body=extra)
+        message = reply.choices[0].message.model_dump()
+        if message.get("reasoning") and message.get("content"):
+            return extra, message
+    pytest.fail("no seed gave a reply with both reasoning and an answer")
+
+
+def test_chat_page_shows_reasoning_folded_and_sends_back_only_the_answer(features_server, features_client, browser):
+    question = "Why is the sky blue?"
+    extra, expected = split_reply(features_client, [{"role": "user", "content": question}], max_tokens=24)
+    page, sent = new_chat(browser, features_server.url, "tiny-features", **extra)
+    page.fill("#temperature", "1")
+    page.evaluate(WATCH_REASONING)
+    send(page, question, max_tokens=24)
+
+    assert page.evaluate("window.reasoningSeen") == {"open": False, "streaming": True}
+    assert page.inner_text("#error") == ""
+    assert last(page, ".assistant .reasoning .thought") == expected["reasoning"]
+    assert last(page, ".assistant .answer") == expected["content"]
+    assert not last(page, ".assistant .reasoning", "el => el.open"), "folded when the reply is over"
+    page.screenshot(path=str(ARTIFACTS / "chat-page-reasoning.png"), full_page=True)
+
+    send(page, "And why red at dusk?", max_tokens=4)
+    assert sent[-1]["messages"][:2] == [{"role": "user", "content": question}, {"role": "assistant", "content": expected["content"]}]

@@ -184,7 +184,7 @@ def test_client_disconnect_aborts_the_request_in_the_engine(tiny_server):
 
     The assertion is on the engine's counters, not on timing. One case cannot be told
     from a disconnect that is ignored: a client kept off the CPU until the server has sent
-    all 1000 tokens (kernel autogroup on 2 cores, README Performance), whose request then
+    all 1000 tokens (kernel autogroup on 2 cores, docs/performance.md), whose request then
     finished before the hang-up. Such tries do not count; one of three must abort.
     """
     finished = []

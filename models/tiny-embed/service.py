@@ -15,7 +15,8 @@ import typing as t
 
 import bentoml
 
-from bentoml_fixes import fix_request_timeout
+from patches import fix_request_timeout
+from supervisor import exit_with_worker_status
 from vllm_openai import OpenAIServer, engine_argv, vllm_metrics_text
 from web import APIKeyMiddleware
 
@@ -55,7 +56,7 @@ def model_path() -> str:
     envs=[],
     image=bentoml.images.Image(python_version="3.11", lock_python_packages=False).requirements_file("requirements.txt"),
     # BentoML's ASGI tracing opens a span for every streamed chunk, about a fifth of
-    # this process's CPU under load (README, Performance). vLLM's routes skip it; vLLM
+    # this process's CPU under load (docs/performance.md). vLLM's routes skip it; vLLM
     # traces requests itself with --otlp-traces-endpoint (`otlp_traces_endpoint` in the catalog).
     tracing={"excluded_urls": ["/v1/"]},
     labels={"source": "llm-bentos", "catalog-entry": "tiny-embed"},
@@ -73,6 +74,11 @@ class VLLM:
             raise bentoml.exceptions.BentoMLException(
                 f"model files missing in {path}: {', '.join(missing + ([] if weights else ['*.safetensors weights']))}"
             )
+
+    @bentoml.on_deployment
+    def exit_status_from_worker() -> None:
+        """A worker whose model cannot load, or whose engine died, ends `bentoml serve` with its non-zero status."""
+        exit_with_worker_status()
 
     @bentoml.on_startup
     def start_engine(self) -> None:
