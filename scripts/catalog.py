@@ -26,6 +26,8 @@ ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
 RESERVED_FLAGS = {"model", "host", "port"}
 # How much of the GPU budget must stay free of weights (KV cache, activations, CUDA graphs).
 KV_CACHE_RESERVE = 0.10
+# Tasks vLLM serves with its pooling runner: embeddings, and cross-encoder scores (/rerank, /score).
+POOLING_TASKS = ("embed", "score")
 
 
 class CatalogError(Exception):
@@ -148,7 +150,9 @@ class Entry(Strict):
     description: str = Field(min_length=1)
     model: ModelSource
     params_billion: float = Field(gt=0, description="parameter count, for the GPU-fit check")
-    task: t.Literal["generate", "embed"] = "generate"
+    task: t.Literal["generate", "embed", "score"] = Field(
+        "generate", description="generate: chat and completions; embed: /v1/embeddings; score: a cross-encoder on /rerank and /score"
+    )
     engine: dict[str, t.Any] = Field(default_factory=dict, description="vLLM EngineArgs, by field name")
     server: dict[str, t.Any] = Field(default_factory=dict, description="vLLM OpenAI FrontendArgs, by field name")
     resources: Resources = Field(default_factory=Resources)
@@ -292,7 +296,7 @@ def vllm_parser_problems(entry: Entry) -> list[str]:
 def entry_engine_config(entry: Entry) -> dict[str, t.Any]:
     """The flags the service passes to vLLM: engine and server arguments, and the served name."""
     config: dict[str, t.Any] = {"served_model_name": entry.served_model_name}
-    if entry.task == "embed":
+    if entry.task in POOLING_TASKS:
         config["runner"] = "pooling"
     if entry.lora_adapters:
         config["enable_lora"] = True  # the adapters' paths are added as --lora-modules at start
