@@ -6,7 +6,7 @@ PORT ?= 3000
 MODELS := $(sort $(notdir $(wildcard models/*)))
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock generate check test tiny-model serve demo build containerize deploy bench stack-cost
+.PHONY: help install lock generate check test tiny-model new verify-revisions serve demo build containerize deploy bench stack-cost
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -34,6 +34,13 @@ test: ## run the whole test suite
 
 tiny-model: ## put the offline tiny test model into the BentoML model store
 	$(PY) scripts/tiny_model.py
+
+new: ## add a model: make new MODEL_ID=<hf id | folder> [NAME=] [GPU=[N x]type|cpu] [MAX_MODEL_LEN=] [REVISION=]
+	@$(PY) scripts/new_model.py "$(MODEL_ID)" $(if $(NAME),--name "$(NAME)") $(if $(GPU),--gpu "$(GPU)") \
+		$(if $(MAX_MODEL_LEN),--max-model-len $(MAX_MODEL_LEN)) $(if $(REVISION),--revision "$(REVISION)") $(NEW_ARGS)
+
+verify-revisions: ## ask the Hub (or HF_ENDPOINT) whether every pinned revision in catalog.yaml exists
+	@$(PY) scripts/verify_revisions.py $(VERIFY_ARGS)
 
 model-dir = models/$(MODEL)
 require-model = @$(PY) scripts/bento.py require "$(MODEL)"

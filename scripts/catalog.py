@@ -18,14 +18,12 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gpus import GPU_MEMORY_GB, weight_bytes_per_param
+from gpus import DEFAULT_GPU_MEMORY_UTILIZATION, Fit, gpu_fit
 
 SLUG = r"^[a-z0-9]+(?:[a-z0-9._-]*[a-z0-9])?$"
 ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
 # Set by the service itself from the catalog entry, never by hand.
 RESERVED_FLAGS = {"model", "host", "port"}
-# How much of the GPU budget must stay free of weights (KV cache, activations, CUDA graphs).
-KV_CACHE_RESERVE = 0.10
 # Tasks vLLM serves with its pooling runner: embeddings, and cross-encoder scores (/rerank, /score).
 POOLING_TASKS = ("embed", "score")
 
@@ -150,6 +148,15 @@ class Entry(Strict):
     description: str = Field(min_length=1)
     model: ModelSource
     params_billion: float = Field(gt=0, description="parameter count, for the GPU-fit check")
+    kv_bytes_per_token: int | None = Field(
+        None,
+        gt=0,
+        description=(
+            "KV-cache bytes per token of context at the serving dtype: 2 x num_hidden_layers x "
+            "num_key_value_heads x head_dim x bytes per element (mind MLA / sliding window / kv dtype "
+            "fp8 where relevant); with it, the GPU-fit check counts one full max_model_len sequence"
+        ),
+    )
     task: t.Literal["generate", "embed", "score"] = Field(
         "generate", description="generate: chat and completions; embed: /v1/embeddings; score: a cross-encoder on /rerank and /score"
     )
@@ -199,18 +206,10 @@ class Entry(Strict):
 
     @model_validator(mode="after")
     def weights_fit_gpus(self) -> Entry:
-        if not self.resources.gpu:
-            return self
-        bpp = weight_bytes_per_param(self.engine.get("dtype", "auto"), self.engine.get("quantization"))
-        weights_gb = self.params_billion * bpp
-        util = self.engine.get("gpu_memory_utilization", 0.9)
-        per_gpu = GPU_MEMORY_GB[self.resources.gpu_type]
-        budget = util * self.resources.gpu * per_gpu
-        if weights_gb > budget * (1 - KV_CACHE_RESERVE):
+        fit = self.gpu_fit
+        if fit is not None and not fit.fits:
             raise ValueError(
-                f"{weights_gb:.1f} GB of weights > {1 - KV_CACHE_RESERVE:.0%} of {util} x {self.resources.gpu * per_gpu} GB "
-                f"on {self.resources.gpu} x {self.resources.gpu_type}: no room for the KV cache; "
-                "use more or larger GPUs, or a quantized model"
+                f"{fit.explain()}: no room for the KV cache; use more or larger GPUs, or a quantized model"
             )
         return self
 
@@ -224,6 +223,22 @@ class Entry(Strict):
     @property
     def on_gpu(self) -> bool:
         return self.resources.gpu > 0
+
+    @property
+    def gpu_fit(self) -> Fit | None:
+        """Weights and one full sequence's KV cache against the GPUs' budget; None on CPU."""
+        if not self.on_gpu:
+            return None
+        return gpu_fit(
+            self.params_billion,
+            self.resources.gpu_type,
+            self.resources.gpu,
+            dtype=self.engine.get("dtype", "auto"),
+            quantization=self.engine.get("quantization"),
+            kv_bytes_per_token=self.kv_bytes_per_token,
+            max_model_len=self.engine.get("max_model_len"),
+            utilization=self.engine.get("gpu_memory_utilization", DEFAULT_GPU_MEMORY_UTILIZATION),
+        )
 
     @property
     def served_model_name(self) -> str:

@@ -159,3 +159,15 @@ def test_lora_adapters_are_sources_with_unique_names(write_catalog, catalog_data
     assert any("names must differ" in p for p in problems(write_catalog, [entry]))
     entry["lora_adapters"][1]["name"] = "chat"
     assert problems(write_catalog, [entry]) == []
+
+
+def test_kv_cache_of_one_full_sequence_must_fit_beside_the_weights(write_catalog, catalog_data):
+    entry = entry_named(catalog_data, "llama3.1-8b-instruct")
+    entry["kv_bytes_per_token"] = 2 * 32 * 8 * 128 * 2  # layers x KV heads x head_dim, K and V, bf16
+    assert problems(write_catalog, [entry]) == []  # 16.1 GB + 1.1 GB for 8192 tokens on an L4
+    entry["engine"]["max_model_len"] = 131072
+    found = problems(write_catalog, [entry])
+    expected = "16.1 GB of weights + 17.2 GB KV cache of one 131072-token sequence = 33.2 GB > 90% of 0.9 x 24 GB on 1 x nvidia-l4 (19.4 GB)"
+    assert any(expected in p for p in found), found
+    entry["kv_bytes_per_token"] = 0
+    assert any("kv_bytes_per_token" in p and "greater than 0" in p for p in problems(write_catalog, [entry]))

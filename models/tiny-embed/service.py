@@ -14,6 +14,7 @@ import os
 import typing as t
 
 import bentoml
+from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
 from bentoml_fixes import fix_request_timeout
 from vllm_openai import OpenAIServer, engine_argv, vllm_metrics_text
@@ -39,8 +40,22 @@ fix_request_timeout()  # BentoML's request timeout otherwise leaves a timer and 
 
 def local_path(model) -> str:
     """Where BentoML put a model: a Hugging Face snapshot folder or a model-store folder."""
-    resolved = model.resolve()
+    try:
+        resolved = model.resolve()
+    except HfHubHTTPError as exc:  # the Hub refused the download: say what to fix
+        raise bentoml.exceptions.BentoMLException(hub_refusal(model, exc)) from exc
     return getattr(resolved, "path", resolved)
+
+
+def hub_refusal(model, exc: HfHubHTTPError) -> str:
+    where = f"{model.model_id} at revision {model.revision} on {model.endpoint or 'https://huggingface.co'}"
+    if isinstance(exc, GatedRepoError):
+        return f"{where} is gated: set HF_TOKEN to a token that was granted access to it"
+    if isinstance(exc, RevisionNotFoundError):
+        return f"{where}: the Hub has no revision {model.revision}"
+    if isinstance(exc, RepositoryNotFoundError):
+        return f"{where}: no such model, or a private one: check the id, or set HF_TOKEN"
+    return f"{where}: download failed: {str(exc).splitlines()[0]}"
 
 
 def model_path() -> str:

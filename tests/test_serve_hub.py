@@ -1,0 +1,92 @@
+"""The download path users take on first serve, against a Hub on localhost (scripts/local_hub.py).
+
+`make new` pins the commit the Hub resolves for a gated repository; `bentoml serve` of that entry
+then downloads exactly that revision through BentoML's HuggingFaceModel into an empty cache and
+answers a chat request. Without HF_TOKEN, and with a revision the Hub lacks, `bentoml serve`
+stops at once with a message naming what to fix.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import generate
+import pytest
+import yaml
+from conftest import ARTIFACTS, GATED_REPO, ROOT
+from openai import OpenAI
+from serving import bento_server, free_port
+from test_new_model import last_entry, make_new
+
+MISSING_REVISION = "0" * 40
+
+
+@pytest.fixture(scope="module")
+def gated_entry(local_hub, tmp_path_factory) -> tuple[Path, dict]:
+    """`make new` of the gated tiny model, with the token, on CPU: (catalog path, entry)."""
+    root = tmp_path_factory.mktemp("make-new-hub")
+    catalog = root / "catalog.yaml"
+    shutil.copy(ROOT / "catalog.yaml", catalog)
+    result = make_new(local_hub.env(root, token=True), catalog, GATED_REPO, NAME="tiny-gated", GPU="cpu", MAX_MODEL_LEN="1024")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return catalog, last_entry(catalog)
+
+
+def serve_env(local_hub, tmp_path: Path, token: bool) -> dict[str, str]:
+    """A first serve: empty download cache and BentoML home, the local Hub as HF_ENDPOINT."""
+    return {**local_hub.env(tmp_path, token=token), "BENTOML_HF_CACHE_DIR": str(tmp_path / "download-cache")}
+
+
+def serve_until_exit(folder: Path, env: dict[str, str], name: str, timeout: float = 240) -> tuple[int | None, str]:
+    server = bento_server(folder, free_port(), env=env, log_path=ARTIFACTS / f"{name}.log")
+    with server:
+        try:
+            code = server.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+    return code, server.log_path.read_text(errors="replace")
+
+
+def test_make_new_pins_the_commit_the_hub_resolved_and_marks_the_gated_model(local_hub, gated_entry):
+    catalog, entry = gated_entry
+    assert entry["model"] == {"id": GATED_REPO, "revision": local_hub.hub.repos[GATED_REPO].sha}
+    assert entry["envs"] == ["HF_TOKEN"]
+    assert local_hub.token not in catalog.read_text()
+    assert local_hub.token not in "".join(p.read_text() for p in (catalog.parent / "models" / "tiny-gated").iterdir())
+
+
+def test_first_serve_downloads_the_pinned_revision_and_answers_a_chat(local_hub, gated_entry, tmp_path):
+    catalog, entry = gated_entry
+    env = serve_env(local_hub, tmp_path, token=True)
+    with bento_server(catalog.parent / "models" / "tiny-gated", free_port(), env=env,
+                      log_path=ARTIFACTS / "hub-download.server.log") as server:
+        server.wait_ready(timeout=600)
+        client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+        reply = client.chat.completions.create(
+            model=GATED_REPO, messages=[{"role": "user", "content": "Hi"}], max_tokens=5, extra_body={"ignore_eos": True}
+        )
+        assert reply.usage.completion_tokens == 5
+    snapshot = tmp_path / "download-cache" / f"models--{GATED_REPO.replace('/', '--')}" / "snapshots" / entry["model"]["revision"]
+    assert (snapshot / "model.safetensors").is_file() and (snapshot / "config.json").is_file()
+    assert local_hub.token not in server.log_path.read_text(errors="replace")
+
+
+def test_gated_model_without_hf_token_stops_serve_with_a_message_naming_it(local_hub, gated_entry, tmp_path):
+    catalog, _ = gated_entry
+    code, log = serve_until_exit(catalog.parent / "models" / "tiny-gated", serve_env(local_hub, tmp_path, token=False), "hub-gated-no-token")
+    assert code not in (0, None), log[-3000:]
+    assert f"{GATED_REPO} at revision" in log and "is gated: set HF_TOKEN" in log, log[-3000:]
+    assert "Service tiny-gated initialized" not in log  # it stopped before any worker started
+
+
+def test_revision_the_hub_lacks_stops_serve_with_a_message_naming_it(local_hub, gated_entry, tmp_path):
+    catalog, entry = gated_entry
+    moved = {**entry, "name": "tiny-gone", "model": {**entry["model"], "revision": MISSING_REVISION}}
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump({"models": [moved]}, sort_keys=False))
+    assert generate.main(["--catalog", str(path), "--out", str(tmp_path / "models")]) == 0
+    code, log = serve_until_exit(tmp_path / "models" / "tiny-gone", serve_env(local_hub, tmp_path, token=True), "hub-missing-revision")
+    assert code not in (0, None), log[-3000:]
+    assert f"the Hub has no revision {MISSING_REVISION}" in log, log[-3000:]
