@@ -221,6 +221,11 @@ class Entry(Strict):
         return self
 
     @property
+    def accepts_images(self) -> bool:
+        """A vision-language entry: it allows images per prompt (engine.limit_mm_per_prompt)."""
+        return bool((self.engine.get("limit_mm_per_prompt") or {}).get("image"))
+
+    @property
     def on_gpu(self) -> bool:
         return self.resources.gpu > 0
 
