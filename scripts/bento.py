@@ -1,43 +1,58 @@
-"""Build, containerize and deploy one model folder; used by the Makefile.
+"""Build, containerize and deploy one model folder, and create BentoCloud secrets; used by the Makefile.
 
-    python scripts/bento.py require NAME
+    python scripts/bento.py prepare NAME
     python scripts/bento.py build NAME
     python scripts/bento.py containerize NAME
-    python scripts/bento.py deploy NAME [--scaling-min N] [--scaling-max N] [--secret NAME] [--instance-type T] [--dry-run]
+    python scripts/bento.py deploy NAME (--api-key-secret SECRET | --bentocloud-auth) [--secret HF_SECRET]
+                                        [--scaling-min N] [--scaling-max N] [--instance-type T] [--dry-run]
+    python scripts/bento.py secret SECRET KEY [--dry-run]
 
-Reads catalog.yaml as plain YAML (no vLLM import), so these answer at once. Secrets are
-never read here: a gated model's HF_TOKEN reaches BentoCloud as a named secret.
+NAME is a model entry or a gateway of catalog.yaml. Reads catalog.yaml as plain YAML (no
+vLLM import), so these answer at once. `prepare` checks the name and, for the entries that
+serve the tiny offline model (alone or in a gateway), puts that model into the BentoML model
+store first (scripts/tiny_model.py); `build` and `containerize` do the same. No secret value
+is ever on a command line: a gated model's HF_TOKEN and the service's VLLM_API_KEY reach
+BentoCloud as named secrets, and `secret` hands its value to `bentoml secret create` in a
+private file (BentoML 1.4.39 reads `KEY=@file`, but not the environment or a prompt).
+
+Instance types: `bentoml deploy` 1.4.39 sends one only when given (--instance-type;
+bentoml/_internal/cloud/deployment.py), and BentoCloud then infers "the most suitable
+instance based on the resources" of the service (BentoCloud docs, Configure Deployments),
+i.e. the entry's GPU type and count, or CPUs and memory. No catalog entry is known to need
+another, so none is mapped here (not checked against BentoCloud from this repository);
+INSTANCE_TYPE= names one (`bentoml deployment list-instance-types` lists an account's).
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
+import json
+import os
 import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
 
+import tiny_model
+
 ROOT = Path(__file__).resolve().parents[1]
 BENTOML = str(Path(sys.executable).parent / "bentoml")
-# BentoCloud instance families by GPU type; the count is appended (gpu.l4.1). Override
-# with --instance-type where an account names them differently.
-GPU_INSTANCE_FAMILY = {
-    "nvidia-tesla-t4": "t4",
-    "nvidia-l4": "l4",
-    "nvidia-a10g": "a10g",
-    "nvidia-tesla-a100": "a100",
-    "nvidia-a100-80gb": "a100.80gb",
-    "nvidia-h100-80gb": "h100",
-    "nvidia-tesla-h100": "h100",
-    "nvidia-h200-141gb": "h200",
-}
+API_KEY_ENV = "VLLM_API_KEY"  # the key clients must send, read by the service (templates/web.py)
+
+
+def catalog() -> dict:
+    return yaml.safe_load((ROOT / "catalog.yaml").read_text())
 
 
 def entries() -> dict[str, dict]:
-    return {m["name"]: m for m in yaml.safe_load((ROOT / "catalog.yaml").read_text())["models"]}
+    """Model entries and gateways by name: both are folders under models/."""
+    data = catalog()
+    return {m["name"]: m for m in [*data["models"], *data.get("gateways", [])]}
 
 
 def entry_or_exit(name: str) -> dict:
@@ -48,28 +63,53 @@ def entry_or_exit(name: str) -> dict:
     return known[name]
 
 
-def instance_type(entry: dict) -> str:
-    resources = entry.get("resources", {})
-    if resources.get("gpu"):
-        family = GPU_INSTANCE_FAMILY.get(resources["gpu_type"], resources["gpu_type"])
-        return f"gpu.{family}.{resources['gpu']}"
-    return f"cpu.{resources.get('cpu', 2)}"
+def prepare(name: str) -> dict:
+    """The entry or gateway; the tiny model, which no hub holds, made into the local model store first."""
+    entry = entry_or_exit(name)
+    known = entries()
+    served = [known[member] for member in entry["models"]] if "models" in entry else [entry]
+    if any(model["model"].get("bentoml_tag") == tiny_model.DEFAULT_TAG for model in served):
+        # Its progress lines go to stderr: stdout of `make build` is the Bento tag alone.
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "tiny_model.py")], stdout=sys.stderr, check=True)
+    return entry
 
 
-def deploy_command(entry: dict, scaling_min: int, scaling_max: int, secret: str, instance: str | None) -> list[str]:
+def deploy_command(entry: dict, args: argparse.Namespace) -> list[str]:
+    """`bentoml deploy` for one entry: secrets by name only, an instance type only when asked for."""
     command = [
         BENTOML, "deploy", ".", "--name", entry["name"],
-        "--instance-type", instance or instance_type(entry),
-        "--scaling-min", str(scaling_min), "--scaling-max", str(scaling_max),
+        "--scaling-min", str(args.scaling_min), "--scaling-max", str(args.scaling_max),
     ]
+    if args.instance_type:  # otherwise BentoCloud infers one from the service's resources
+        command += ["--instance-type", args.instance_type]
     if "HF_TOKEN" in entry.get("envs", []):
-        command += ["--secret", secret]
+        command += ["--secret", args.secret]
+    if args.bentocloud_auth:  # BentoCloud checks each caller's API token
+        command += ["--access-authorization", "true"]
+    if args.api_key_secret:  # its VLLM_API_KEY reaches the service as an environment variable
+        command += ["--secret", args.api_key_secret]
     return command
+
+
+def gateway_deploy_command(gateway: dict, args: argparse.Namespace) -> list[str]:
+    """`bentoml deploy` of a gateway: each service with its own replicas, and the instance type
+    BentoCloud infers from its own resources (a model's GPUs, the router's CPU)."""
+    known = entries()
+    scaling = {"min_replicas": args.scaling_min, "max_replicas": args.scaling_max}
+    services = {name: {"scaling": scaling} for name in [gateway["name"], *gateway["models"]]}
+    config: dict = {"name": gateway["name"], "services": services}
+    secrets = [args.secret] if any("HF_TOKEN" in known[name].get("envs", []) for name in gateway["models"]) else []
+    secrets += [args.api_key_secret] if args.api_key_secret else []
+    if secrets:
+        config["secrets"] = secrets
+    if args.bentocloud_auth:
+        config["access_authorization"] = True
+    return [BENTOML, "deploy", ".", "--config-dict", json.dumps(config)]
 
 
 def build(name: str) -> str:
     """`bentoml build` in the folder; returns the Bento tag."""
-    entry_or_exit(name)
+    prepare(name)
     result = subprocess.run([BENTOML, "build", ".", "--output", "tag"], cwd=ROOT / "models" / name, capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(result.stdout + result.stderr)
@@ -105,7 +145,22 @@ def logged_in() -> bool:
 
 def deploy(args: argparse.Namespace) -> int:
     entry = entry_or_exit(args.name)
-    command = deploy_command(entry, args.scaling_min, args.scaling_max, args.secret, args.instance_type)
+    if not args.api_key_secret and not args.bentocloud_auth:
+        print(
+            f"A deployment answers anyone who has its URL. Give API_KEY_SECRET=<a BentoCloud secret holding {API_KEY_ENV}> "
+            f"(create one with `make secret NAME=vllm-api-key KEY={API_KEY_ENV}`), or BENTOCLOUD_AUTH=1 "
+            "to have BentoCloud check callers' API tokens instead.",
+            file=sys.stderr,
+        )
+        return 2
+    if "models" in entry and args.instance_type:
+        print("INSTANCE_TYPE= names one instance type; each service of a gateway gets BentoCloud's choice "
+              "from its own resources.", file=sys.stderr)
+        return 2
+    if "models" in entry:  # a gateway
+        command = gateway_deploy_command(entry, args)
+    else:
+        command = deploy_command(entry, args)
     folder = ROOT / "models" / args.name
     if args.dry_run:
         print(f"cd {shlex.quote(str(folder.relative_to(ROOT)))} && {shlex.join(command)}")
@@ -116,21 +171,58 @@ def deploy(args: argparse.Namespace) -> int:
     return subprocess.run(command, cwd=folder).returncode
 
 
+def secret_command(name: str, key: str, value_file: Path) -> list[str]:
+    """`bentoml secret create`, which reads the value from the file (`KEY=@path`)."""
+    return [BENTOML, "secret", "create", name, f"{key}=@{value_file}"]
+
+
+def write_value_file(folder: Path, key: str, value: str) -> Path:
+    """The value in a file only its owner can read."""
+    path = folder / key
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(value)
+    return path
+
+
+def create_secret(name: str, key: str, dry_run: bool) -> int:
+    """A BentoCloud secret holding $KEY, read from the environment or asked for without echo."""
+    if dry_run:
+        print(shlex.join(secret_command(name, key, Path(tempfile.gettempdir()) / "<private folder>" / key)))
+        return 0
+    if not logged_in():
+        print("Not logged in to BentoCloud: run `bentoml cloud login` first (it asks for an API token).", file=sys.stderr)
+        return 1
+    value = os.environ.get(key) or getpass.getpass(f"{key} (not shown): ")
+    if not value:
+        print(f"{key} is empty: no secret was created.", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="llm-bentos-secret-") as folder:  # mode 0700, removed after
+        return subprocess.run(secret_command(name, key, write_value_file(Path(folder), key, value))).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("require", "build", "containerize"):
+    for name in ("prepare", "build", "containerize"):
         commands.add_parser(name).add_argument("name")
     dep = commands.add_parser("deploy")
     dep.add_argument("name")
     dep.add_argument("--scaling-min", type=int, default=0)
     dep.add_argument("--scaling-max", type=int, default=2)
     dep.add_argument("--secret", default="huggingface", help="BentoCloud secret holding HF_TOKEN, for gated models")
-    dep.add_argument("--instance-type", help="BentoCloud instance type (default: from the GPU type and count)")
+    dep.add_argument("--api-key-secret", help=f"BentoCloud secret holding {API_KEY_ENV}, the key clients must send")
+    dep.add_argument("--bentocloud-auth", action="store_true", help="no vLLM key: BentoCloud checks callers' tokens")
+    dep.add_argument("--instance-type", help="BentoCloud instance type (default: BentoCloud's choice from the resources)")
     dep.add_argument("--dry-run", action="store_true", help="print the command, run nothing")
+    sec = commands.add_parser("secret")
+    sec.add_argument("secret_name")
+    sec.add_argument("key", help="the environment variable the secret sets, e.g. VLLM_API_KEY or HF_TOKEN")
+    sec.add_argument("--dry-run", action="store_true", help="print the command, read and run nothing")
     args = parser.parse_args(argv)
-    if args.command == "require":
-        entry_or_exit(args.name)
+    if args.command == "secret":
+        return create_secret(args.secret_name, args.key, args.dry_run)
+    if args.command == "prepare":
+        prepare(args.name)
         return 0
     if args.command == "build":
         build(args.name)

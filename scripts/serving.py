@@ -2,10 +2,13 @@
 
 Used by `make demo`, the benchmark and the end-to-end tests, for both a generated
 Bento (`bentoml serve`) and plain vLLM (`python -m vllm.entrypoints.openai.api_server`).
+With `pid_namespace=True` the server is PID 1 of a new PID namespace, as `bentoml serve`
+is in BentoML's container image (needs root, for `unshare`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -16,7 +19,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psutil
+
 BIN = Path(sys.executable).parent
+# Runs a command as PID 1 of a new PID namespace, with its own /proc, as a container runtime does.
+# --kill-child: when unshare ends, so does that PID 1, and with it every process in the namespace.
+AS_PID_1 = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
 
 
 def free_port() -> int:
@@ -40,8 +48,9 @@ class ServerProcess:
     """A server command in its own process group, with its output in a log file."""
 
     def __init__(self, command: list[str], *, port: int, ready_path: str, cwd: Path | None = None,
-                 env: dict[str, str] | None = None, log_path: Path | None = None):
-        self.command, self.port, self.ready_path, self.cwd = command, port, ready_path, cwd
+                 env: dict[str, str] | None = None, log_path: Path | None = None, pid_namespace: bool = False):
+        self.command = [*AS_PID_1, *command] if pid_namespace else command
+        self.port, self.ready_path, self.cwd = port, ready_path, cwd
         self.env = {**os.environ, **(env or {})}
         self.log_path = log_path or Path(f"/tmp/llm-bentos-server-{port}.log")
         self.process: subprocess.Popen | None = None
@@ -82,18 +91,36 @@ class ServerProcess:
         self.stop()
         raise TimeoutError(f"not ready after {timeout:.0f}s:\n{self.log_tail()}")
 
+    def descendants(self) -> list[psutil.Process]:
+        """Every process below the server, whatever its session (BentoML's worker has its own)."""
+        try:
+            return psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def wait_exit(self, timeout: float) -> int | None:
+        """The exit code once the server exits by itself, or None if it still runs after timeout."""
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
     def stop(self, grace: float = 30) -> int | None:
-        """SIGTERM the whole process group (the server stops its engine), SIGKILL what is left."""
+        """SIGTERM the process group (the server stops its workers and engine), then SIGKILL
+        whatever is left of it and of every descendant, which may live in other sessions."""
         if self.process is None:
             return None
+        family = self.descendants()  # now: once their parent exits, orphans cannot be found by a walk
         if self.process.poll() is None:
             with_group(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(grace)
             except subprocess.TimeoutExpired:
                 pass
+        family += [p for p in self.descendants() if p not in family]
         with_group(self.process.pid, signal.SIGKILL)  # engine processes left behind, if any
         self.process.wait()
+        end_all(family, grace=5)
         return self.process.returncode
 
     def __enter__(self) -> ServerProcess:
@@ -101,6 +128,17 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def end_all(processes: list[psutil.Process], grace: float) -> None:
+    """SIGTERM the processes still running, SIGKILL those still there after `grace` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for process in processes:
+            try:
+                process.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+        _, processes = psutil.wait_procs(processes, timeout=grace)
 
 
 def with_group(pid: int, sig: int) -> None:
@@ -111,11 +149,11 @@ def with_group(pid: int, sig: int) -> None:
 
 
 def bento_server(folder: Path, port: int, env: dict[str, str] | None = None, log_path: Path | None = None,
-                 target: str = ".") -> ServerProcess:
+                 target: str = ".", pid_namespace: bool = False) -> ServerProcess:
     """`bentoml serve` of a model folder, or of a built Bento's tag given as `target`."""
     return ServerProcess(
         [str(BIN / "bentoml"), "serve", target, "--host", "127.0.0.1", "--port", str(port)],
-        port=port, ready_path="/readyz", cwd=folder, env=env, log_path=log_path,
+        port=port, ready_path="/readyz", cwd=folder, env=env, log_path=log_path, pid_namespace=pid_namespace,
     )
 
 

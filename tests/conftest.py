@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import secrets
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 import typing as t
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 from openai import OpenAI
@@ -18,8 +22,7 @@ from openai import OpenAI
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "templates")]
 
-from serving import bento_server, free_port  # noqa: E402
-
+from serving import ServerProcess, bento_server, free_port  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -63,23 +66,48 @@ def bentoml_home(tmp_path_factory) -> str:
     return str(home)
 
 
+@contextlib.contextmanager
+def serve_folder(folder: Path, name: str, env: dict[str, str] | None = None, target: str = ".",
+                 ready: bool = True, timeout: float = 300) -> Iterator[ServerProcess]:
+    """`bentoml serve` of a model folder (or of a built Bento's tag given as `target`), its log
+    in tests/artifacts/<name>.server.log; ready unless `ready=False`. On leaving, the server
+    is stopped and every process it started must be gone, the BentoML worker (in a session of
+    its own) and vLLM's engine included."""
+    server = bento_server(folder, free_port(), env=env, log_path=ARTIFACTS / f"{name}.server.log", target=target)
+    family = []
+    try:
+        with server:
+            if ready:
+                server.wait_ready(timeout=timeout)
+            yield server
+            family = server.descendants()
+    finally:
+        left = [p for p in family if still_running(p)]
+        assert not left, f"still running after the server stopped: {[(p.pid, p.name()) for p in left]}"
+
+
+def still_running(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 @pytest.fixture(scope="module")
 def tiny_server(bentoml_home, request):
     """`bentoml serve models/tiny-dev`, ready; stopped after the module's tests."""
-    server = bento_server(
-        ROOT / "models" / "tiny-dev",
-        free_port(),
-        env={"BENTOML_HOME": bentoml_home},
-        log_path=ARTIFACTS / f"{request.module.__name__}.server.log",
-    )
-    with server:
-        server.wait_ready(timeout=300)
+    with serve_folder(ROOT / "models" / "tiny-dev", request.module.__name__, env={"BENTOML_HOME": bentoml_home}) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def client(tiny_server) -> OpenAI:
     return OpenAI(base_url=f"{tiny_server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+# Tests that start several engines at once (a gateway): 1 GiB of KV cache each, plenty for
+# the tiny model, instead of each its catalog share of this shared machine's memory.
+SMALL_KV_CACHE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 
 
 # A Hugging Face Hub on localhost (scripts/local_hub.py), reached through HF_ENDPOINT.
@@ -126,3 +154,28 @@ def local_hub(tiny_folder) -> t.Iterator[HubForTests]:
         hub_for_tests.add(TINY_REPO, tiny_folder)
         hub_for_tests.add(GATED_REPO, tiny_folder, gated=True)
         yield hub_for_tests
+
+
+def make_new(env: dict[str, str], catalog: Path, model_id: str, **variables: str) -> subprocess.CompletedProcess:
+    """`make new MODEL_ID=... [NAME=... GPU=...]` against a copy of the catalog."""
+    args = [f"MODEL_ID={model_id}", f"NEW_ARGS=--catalog {catalog}"] + [f"{k}={v}" for k, v in variables.items()]
+    return subprocess.run(["make", "-s", "new", *args], cwd=ROOT, env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=900)
+
+
+def last_entry(catalog: Path) -> dict:
+    return yaml.safe_load(catalog.read_text())["models"][-1]
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian Chromium driven by playwright; `make browser` installs Chromium."""
+    if not shutil.which("chromium"):
+        pytest.skip("the chat-page tests need Chromium: run `make browser` (as root: apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=shutil.which("chromium"),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"],
+        )
+        yield browser
+        browser.close()

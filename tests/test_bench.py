@@ -8,19 +8,31 @@ import os
 import subprocess
 import sys
 
-import bench
+import bench_client
+import bench_run
+import bench_stats
 import pytest
 from conftest import ROOT
+
+
+def run_to_end(command: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """Run the benchmark; past the timeout, SIGTERM it so that it stops the server it runs."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        stdout, stderr = process.communicate(timeout=120)
+        pytest.fail(f"the benchmark ran over {timeout:.0f}s:\n{stdout[-3000:]}\n{stderr[-3000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def test_small_benchmark_compares_both_sides(tmp_path):
     out = tmp_path / "results"
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml-home")}  # bench.py imports the tiny model here
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--model", "tiny-dev", "--runs", "1",
-         "--concurrency", "2", "--num-prompts", "4", "--output-len", "8", "--out", str(out)],
-        env=env, capture_output=True, text=True, timeout=900,
-    )
+    done = run_to_end([sys.executable, str(ROOT / "scripts" / "bench.py"), "--model", "tiny-dev", "--runs", "1",
+                       "--concurrency", "2", "--num-prompts", "4", "--output-len", "8", "--out", str(out)],
+                      env=env, timeout=1500)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     assert "Bento / vLLM for tiny-dev" in done.stdout and "cold start" in done.stdout
@@ -37,11 +49,12 @@ def test_small_benchmark_compares_both_sides(tmp_path):
         assert result["total_output_tokens"] == 4 * 8  # ignore_eos: every request ran to --output-len
         assert all(result[m] > 0 for m in ("output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "server_cpu_s"))
         assert 0 <= result["stalled_streams"] <= 4 and "itls" not in result
-        assert result["engine_ttft_requests"] == 4 + 2  # read from vLLM's /metrics: the requests and 2 warm-ups
+        # Read from vLLM's /metrics around the measured requests: the 2 warm-ups are not counted.
+        assert result["engine_ttft_requests"] == result["completed"] == 4
         assert abs(result["ttft_outside_engine_ms"]) < result["mean_ttft_ms"]
-    autogroup = bench.autogroup_enabled()
+    autogroup = bench_run.autogroup_enabled()
     assert record["machine"] == {"cpus": os.cpu_count(), "sched_autogroup_enabled": autogroup}
-    assert (bench.autogroup_warning() in done.stdout) == bool(autogroup)
+    assert (bench_run.autogroup_warning() in done.stdout) == bool(autogroup)
     assert record["vllm_argv"][:2] == ["--model", str(tmp_path / "bentoml-home" / "models" / "llm-bentos-tiny-dev" / "v2")]
     summary = record["summary"]["ratios_bento_over_vllm"]["2"]
     assert summary["output_throughput"]["median"] > 0
@@ -70,7 +83,7 @@ def test_small_benchmark_compares_both_sides(tmp_path):
 
 
 def test_stalled_streams_are_those_whose_tokens_all_came_in_one_read():
-    stalled_streams = bench.stalled_streams
+    stalled_streams = bench_stats.stalled_streams
 
     streamed = [0.0009, 0.0012, 0.0009]  # one stream alone: a token every engine step
     piled_up = [0.00005, 0.00002, 0.00015]
@@ -82,17 +95,36 @@ def test_stalled_streams_are_those_whose_tokens_all_came_in_one_read():
 
 def test_autogroup_setting_is_read_from_the_kernel(tmp_path, monkeypatch):
     setting = tmp_path / "sched_autogroup_enabled"
-    monkeypatch.setattr(bench, "AUTOGROUP_SETTING", setting)
-    assert bench.autogroup_enabled() is None  # no such setting in this kernel
+    monkeypatch.setattr(bench_run, "AUTOGROUP_SETTING", setting)
+    assert bench_run.autogroup_enabled() is None  # no such setting in this kernel
     setting.write_text("1\n")
-    assert bench.autogroup_enabled() is True
+    assert bench_run.autogroup_enabled() is True
     setting.write_text("0\n")
-    assert bench.autogroup_enabled() is False
+    assert bench_run.autogroup_enabled() is False
 
 
 def test_median_interval_brackets_the_median_and_is_repeatable():
     values = [0.8, 0.9, 1.0, 1.1, 1.2] * 4
-    low, high = bench.median_interval(values)
+    low, high = bench_stats.median_interval(values)
     assert 0.8 <= low < 1.0 < high <= 1.2
-    assert bench.median_interval(values) == (low, high)  # fixed seed: the same table every time
-    assert bench.median_interval(values * 25) == (1.0, 1.0)  # 500 pairs: the median hardly moves
+    assert bench_stats.median_interval(values) == (low, high)  # fixed seed: the same table every time
+    assert bench_stats.median_interval(values * 25) == (1.0, 1.0)  # 500 pairs: the median hardly moves
+
+
+def test_warmup_draws_other_prompts_and_saves_nothing():
+    measured = bench_client.vllm_bench_args([
+        "--model", "m", "--dataset-name", "random", "--seed", "0", "--num-prompts", "64", "--max-concurrency", "8",
+        "--save-result", "--save-detailed", "--result-dir", "/tmp/x", "--result-filename", "r.json"])
+    warmup = bench_client.warmup_args(measured, 8)
+    assert (warmup.num_prompts, warmup.seed, warmup.max_concurrency) == (8, 1, 8)
+    assert not warmup.save_result and not warmup.save_detailed
+    assert (measured.num_prompts, measured.seed, measured.save_result) == (64, 0, True)  # left as it was
+
+
+def test_ttft_outside_engine_is_client_mean_minus_engine_mean_over_the_measured_requests():
+    result = {"mean_ttft_ms": 50.0}
+    counters = {"engine_ttft_sum_s": 0.16, "engine_ttft_count": 4.0, "server_cpu_s": 1.5}
+    assert bench_run.with_server_counters(result, counters) == {
+        "mean_ttft_ms": 50.0, "server_cpu_s": 1.5, "engine_ttft_requests": 4,
+        "ttft_outside_engine_ms": pytest.approx(10.0),
+    }

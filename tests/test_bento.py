@@ -1,45 +1,19 @@
-"""Build, containerize and deploy: make targets, a built Bento that serves, and no secret inside."""
+"""Build and containerize: make targets, a built Bento that serves, and no secret inside (deploy: test_deploy.py)."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 
 import pytest
-from conftest import ARTIFACTS, ROOT
+from conftest import ROOT, serve_folder
 from openai import OpenAI
-from serving import bento_server, free_port
 
 import bento
 
 
 def make(*args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(["make", "-s", *args], cwd=ROOT, capture_output=True, text=True, env={**os.environ, **env})
-
-
-@pytest.mark.parametrize(
-    "model,expected,secret",
-    [
-        ("llama3.1-8b-instruct", "--instance-type gpu.l4.1", True),  # gated, one GPU
-        ("llama3.3-70b-instruct", "--instance-type gpu.h100.4", True),  # tensor parallel over 4 GPUs
-        ("qwen2.5-0.5b-instruct-cpu", "--instance-type cpu.4", False),  # CPU
-    ],
-)
-def test_deploy_dry_run_prints_the_command(model, expected, secret):
-    result = make("deploy", f"MODEL={model}", "DRY_RUN=1", "SCALING_MIN=1", "SCALING_MAX=3", HF_TOKEN="hf_canary_dry_run")
-    assert result.returncode == 0, result.stderr
-    line = result.stdout.strip()
-    assert line.startswith(f"cd models/{model} && ") and f"bentoml deploy . --name {model}" in line
-    assert expected in line and "--scaling-min 1 --scaling-max 3" in line
-    assert ("--secret huggingface" in line) == secret
-    assert "hf_canary_dry_run" not in result.stdout + result.stderr
-
-
-def test_deploy_without_login_names_the_login_command(tmp_path):
-    result = make("deploy", "MODEL=tiny-dev", BENTOML_HOME=str(tmp_path))
-    assert result.returncode != 0
-    assert "Not logged in to BentoCloud: run `bentoml cloud login`" in result.stderr
 
 
 def test_unknown_model_lists_the_names():
@@ -59,9 +33,8 @@ def test_containerize_without_an_engine_says_what_to_install():
     )
 
 
-def test_built_bento_serves_and_holds_no_secret(tmp_path, bentoml_home):
-    home = tmp_path / "home"
-    shutil.copytree(bentoml_home, home, symlinks=True)
+def test_build_on_a_fresh_checkout_makes_the_model_and_the_bento_serves_without_secrets(tmp_path):
+    home = tmp_path / "home"  # an empty BentoML home: no `make demo` or `make serve` before
     canary = "hf_canary_" + os.urandom(8).hex()
     secrets = {"HF_TOKEN": canary, "OPENAI_API_KEY": canary, "BENTO_CLOUD_API_KEY": canary}
     result = make("build", "MODEL=tiny-dev", BENTOML_HOME=str(home), **secrets)
@@ -74,12 +47,11 @@ def test_built_bento_serves_and_holds_no_secret(tmp_path, bentoml_home):
     assert any(p.name == "service.py" for p in files)
     assert not [p for p in files if canary.encode() in p.read_bytes()]
 
-    log = ARTIFACTS / "built-bento.server.log"
-    with bento_server(tmp_path, free_port(), env={"BENTOML_HOME": str(home), **secrets}, log_path=log, target=tag) as server:
-        server.wait_ready(timeout=300)
+    with serve_folder(tmp_path, "built-bento", env={"BENTOML_HOME": str(home), **secrets}, target=tag) as server:
         client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
         reply = client.chat.completions.create(
             model="tiny-dev", messages=[{"role": "user", "content": "Hi"}], max_tokens=4, extra_body={"ignore_eos": True}
         )
         assert reply.usage.completion_tokens == 4
-    assert canary not in log.read_text(errors="replace")
+    assert canary not in server.log_path.read_text(errors="replace")
+

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from catalog import CatalogError, load_catalog
 from conftest import ROOT, entry_named
@@ -161,6 +163,28 @@ def test_lora_adapters_are_sources_with_unique_names(write_catalog, catalog_data
     assert problems(write_catalog, [entry]) == []
 
 
+# Phi-3 mini's config.json at the catalog's revision (the fields that choose the classes): it has
+# an auto_map to its own code, and model_type phi3, which transformers and vLLM know natively.
+PHI3_MINI_CONFIG = {
+    "architectures": ["Phi3ForCausalLM"],
+    "auto_map": {"AutoConfig": "configuration_phi3.Phi3Config", "AutoModelForCausalLM": "modeling_phi3.Phi3ForCausalLM"},
+    "model_type": "phi3", "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32,
+    "num_attention_heads": 32, "num_key_value_heads": 32, "max_position_embeddings": 4096,
+    "original_max_position_embeddings": 4096, "rope_scaling": None, "sliding_window": 2047, "vocab_size": 32064,
+}
+
+
+def test_phi3_mini_loads_without_remote_code(tmp_path, catalog_data):
+    from vllm import ModelRegistry
+    from vllm.transformers_utils.config import get_config
+
+    assert "trust_remote_code" not in entry_named(catalog_data, "phi3-mini-4k-instruct")["engine"]
+    (tmp_path / "config.json").write_text(json.dumps(PHI3_MINI_CONFIG))
+    config = get_config(tmp_path, trust_remote_code=False)
+    assert type(config).__module__ == "transformers.models.phi3.configuration_phi3"
+    assert config.architectures == ["Phi3ForCausalLM"] and "Phi3ForCausalLM" in ModelRegistry.get_supported_archs()
+
+
 def test_kv_cache_of_one_full_sequence_must_fit_beside_the_weights(write_catalog, catalog_data):
     entry = entry_named(catalog_data, "llama3.1-8b-instruct")
     entry["kv_bytes_per_token"] = 2 * 32 * 8 * 128 * 2  # layers x KV heads x head_dim, K and V, bf16
@@ -171,3 +195,65 @@ def test_kv_cache_of_one_full_sequence_must_fit_beside_the_weights(write_catalog
     assert any(expected in p for p in found), found
     entry["kv_bytes_per_token"] = 0
     assert any("kv_bytes_per_token" in p and "greater than 0" in p for p in problems(write_catalog, [entry]))
+
+
+CANARY = "hf_" + "Canary0123456789" * 3  # shaped like a Hugging Face token
+
+# (section, setting, value, the environment variable the message names)
+SECRET_CASES = [
+    ("engine", "hf_token", CANARY, "HF_TOKEN"),
+    ("engine", "hf_token", True, "HF_TOKEN"),  # "the token of `hf auth login`": not in a Bento either
+    ("server", "api_key", ["sk-canary"], "VLLM_API_KEY"),
+    ("engine", "api_key", "sk-canary", "VLLM_API_KEY"),  # in the wrong section, still a secret
+]
+
+
+@pytest.mark.parametrize("section,key,value,env", SECRET_CASES, ids=[f"{c[0]}.{c[1]}={c[2]!r}" for c in SECRET_CASES])
+def test_a_secret_setting_is_refused_with_the_variable_to_use(write_catalog, catalog_data, section, key, value, env):
+    entry = entry_named(catalog_data, "llama3.1-8b-instruct")
+    entry[section][key] = value
+    path = write_catalog([entry])
+    found = problems(write_catalog, [entry])
+    assert found == [
+        f"{path}: entry 0 (llama3.1-8b-instruct): {section}.{key}: a secret would be written into the generated "
+        f"service.py; list {env} under `envs:` and give its value in the environment or a BentoCloud secret"
+    ]
+
+
+def test_a_credential_inside_a_json_setting_is_refused(write_catalog, catalog_data):
+    entry = entry_named(catalog_data, "llama3.1-8b-instruct")
+    entry["engine"]["kv_transfer_config"] = {"kv_connector": "X", "kv_connector_extra_config": {"aws_secret_access_key": "canary"}}
+    entry["engine"]["hf_overrides"] = {"eos_token_id": 2, "note": f"token {CANARY}"}  # eos_token_id is no credential
+    found = problems(write_catalog, [entry])
+    assert len(found) == 2, found
+    assert "engine.kv_transfer_config.kv_connector_extra_config.aws_secret_access_key: a secret would be written" in found[0]
+    assert "engine.hf_overrides.note: holds a Hugging Face token; list HF_TOKEN under `envs:`" in found[1]
+    assert not any("canary" in p.lower() for p in found), "a problem line never repeats the secret"
+
+
+def test_server_settings_that_do_nothing_in_bentoml_are_refused_with_the_reason(write_catalog, catalog_data):
+    from catalog import NO_EFFECT_SETTINGS
+
+    entry = entry_named(catalog_data, "tiny-dev")
+    entry["server"] = {key: 1 for key in NO_EFFECT_SETTINGS}
+    found = problems(write_catalog, [entry])
+    assert len(found) == len(NO_EFFECT_SETTINGS), found
+    for line, (key, reason) in zip(found, NO_EFFECT_SETTINGS.items()):
+        assert line.endswith(f"entry 0 (tiny-dev): server.{key}: does nothing inside a BentoML service: {reason}")
+    assert "server.port: does nothing inside a BentoML service: BentoML binds the port" in found[1]
+
+
+def test_the_no_effect_table_names_only_settings_vllm_serve_takes():
+    """Each name in the table is a `vllm serve` flag of the pinned vLLM: no typo, none renamed away."""
+    from catalog import NO_EFFECT_SETTINGS, SECRET_SETTINGS
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    flags = {action.dest for action in make_arg_parser(FlexibleArgumentParser())._actions}
+    assert set(NO_EFFECT_SETTINGS) | set(SECRET_SETTINGS) <= flags
+
+
+def test_server_settings_that_vllms_app_reads_are_still_accepted(write_catalog, catalog_data):
+    entry = entry_named(catalog_data, "tiny-dev")
+    entry["server"] = {"enable_request_id_headers": True, "disable_fastapi_docs": True, "allow_credentials": False}
+    assert problems(write_catalog, [entry]) == []

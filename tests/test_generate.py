@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 import subprocess
 import sys
 
@@ -154,5 +155,40 @@ def test_no_generated_file_holds_a_secret(tmp_path, write_catalog, monkeypatch):
     for path in out.rglob("*"):
         if path.is_file():
             assert canary not in path.read_text(), path
-    committed = [p for p in (ROOT / "models").rglob("*") if p.is_file() and "__pycache__" not in p.parts]
-    assert committed and not any("hf_" in p.read_text() and "HF_TOKEN=hf_" in p.read_text() for p in committed)
+
+
+def folder_snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_an_entry_carrying_a_token_is_refused_and_nothing_is_written(tmp_path, write_catalog, catalog_data, capsys):
+    out = tmp_path / "models"
+    assert generate.main(["--catalog", str(write_catalog()), "--out", str(out)]) == 0
+    before = folder_snapshot(out)
+    canary = "hf_canary" + os.urandom(16).hex()
+    gated = entry_named(catalog_data, "llama3.1-8b-instruct")
+    gated["engine"]["hf_token"] = canary
+    capsys.readouterr()
+    assert generate.main(["--catalog", str(write_catalog([entry_named(catalog_data, "tiny-dev"), gated])), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "entry 1 (llama3.1-8b-instruct): engine.hf_token: a secret would be written into the generated service.py; list HF_TOKEN under `envs:`" in err
+    assert "nothing was written" in err and canary not in err
+    assert folder_snapshot(out) == before
+
+
+def test_model_readme_gives_python_image_run_and_input_format(tmp_path, write_catalog, catalog_data):
+    entries = [entry_named(catalog_data, name) for name in ("llama3.1-8b-instruct", "tiny-dev", "e5-mistral-7b-instruct")]
+    out = tmp_path / "models"
+    assert generate.main(["--catalog", str(write_catalog(entries)), "--out", str(out)]) == 0
+    readme = {e["name"]: (out / e["name"] / "README.md").read_text() for e in entries}
+    # The Python of the README and the Bento's image is the one this suite (and the lock) runs on.
+    assert generate.PYTHON_VERSION == f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert f'python_version="{generate.PYTHON_VERSION}"' in (out / "tiny-dev" / "service.py").read_text()
+    assert f"| Python | {generate.PYTHON_VERSION}:" in readme["tiny-dev"]
+    gated_gpu = "docker run --rm --gpus all --ipc=host -p 3000:3000 -e HF_TOKEN -e VLLM_API_KEY llama3.1-8b-instruct:<tag>"
+    assert gated_gpu in readme["llama3.1-8b-instruct"]
+    assert "docker run --rm -p 3000:3000 -e VLLM_API_KEY tiny-dev:<tag>" in readme["tiny-dev"]
+    assert "make secret NAME=huggingface KEY=HF_TOKEN" in readme["llama3.1-8b-instruct"]
+    assert "KEY=HF_TOKEN" not in readme["tiny-dev"]
+    assert "**Input format.** A query needs a one-line task instruction before it, as `Instruct: <task>\\nQuery: <query>`" in readme["e5-mistral-7b-instruct"]
+    assert "Input format" not in readme["tiny-dev"]

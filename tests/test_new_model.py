@@ -4,15 +4,13 @@ to a validated catalog entry, its folder, and the reasons; and each refusal writ
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 from catalog import load_catalog, output_parsers
-from conftest import GATED_REPO, ROOT
+from conftest import GATED_REPO, ROOT, last_entry, make_new
 from model_facts import ModelError, read_facts
 from new_model import with_entry
 from parsers import FAMILIES
@@ -50,13 +48,6 @@ def config_folder(root: Path, name: str, config: dict, chat_template: str | None
     return folder
 
 
-def make_new(env: dict[str, str], catalog: Path, model_id: str, **variables: str) -> subprocess.CompletedProcess:
-    """`make new MODEL_ID=... [NAME=... GPU=...]` against a copy of the catalog."""
-    args = [f"MODEL_ID={model_id}", f"NEW_ARGS=--catalog {catalog}"] + [f"{k}={v}" for k, v in variables.items()]
-    return subprocess.run(["make", "-s", "new", *args], cwd=ROOT, env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=600)
-
-
 @pytest.fixture
 def catalog_copy(tmp_path) -> Path:
     path = tmp_path / "repo" / "catalog.yaml"
@@ -65,12 +56,8 @@ def catalog_copy(tmp_path) -> Path:
     return path
 
 
-def last_entry(catalog: Path) -> dict:
-    return yaml.safe_load(catalog.read_text())["models"][-1]
-
-
 def assert_nothing_written(result, catalog: Path, message: str) -> None:
-    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.returncode != 0 and "Error 1" in result.stderr, result.stdout + result.stderr  # make's line for exit 1
     lines = [line for line in result.stderr.splitlines() if line.startswith("make new:")]
     assert len(lines) == 1 and message in lines[0] and lines[0].endswith("nothing was written"), result.stderr
     assert catalog.read_text() == (ROOT / "catalog.yaml").read_text()
@@ -169,3 +156,19 @@ def test_refusals_are_one_line_and_write_nothing(local_hub, tmp_path, catalog_co
     local_hub.add("Qwen/Qwen3-30B-A3B", config_folder(tmp_path, "moe", QWEN3_MOE, QWEN3_TEMPLATE))
     assert_nothing_written(make_new(env, catalog_copy, "Qwen/Qwen3-30B-A3B", GPU="nvidia-l4"), catalog_copy,
                            "GPU=nvidia-l4: 61.1 GB of weights + 1.6 GB KV cache of one 16384-token sequence = 62.7 GB > 90%")
+
+
+def test_offline_hf_cache_snapshot_pins_its_commit_and_says_it_was_not_checked(tmp_path, catalog_copy):
+    commit = "1234567890abcdef1234567890abcdef12345678"
+    repo = tmp_path / "hf-home" / "hub" / "models--meta-llama--Llama-3.1-8B-Instruct"
+    config_folder(repo / "snapshots", commit, LLAMA31_8B, QWEN25_TEMPLATE)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    env = {"HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "1", "BENTOML_HOME": str(tmp_path / "bentoml-home")}
+    result = make_new(env, catalog_copy, "meta-llama/Llama-3.1-8B-Instruct", NAME="llama-cached")
+    assert result.returncode == 0, result.stderr
+    entry = last_entry(catalog_copy)
+    assert entry["model"] == {"id": "meta-llama/Llama-3.1-8B-Instruct", "revision": commit}
+    assert entry["resources"] == {"gpu": 1, "gpu_type": "nvidia-l4"} and entry["server"]["tool_call_parser"] == "llama3_json"
+    assert "# revision: the Hugging Face cache's snapshot for main (offline; not checked against the Hub)" in catalog_copy.read_text()
+    assert "gated: not known offline" in result.stdout

@@ -1,17 +1,16 @@
-"""API-key protection and the chat page, on a tiny-dev Bento served with $VLLM_API_KEY set."""
+"""API-key protection and the chat page, on a tiny-dev Bento served with $VLLM_API_KEY set.
+
+The chat-page tests run in Chromium (`make browser`); the last one kills the server's engine."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
 
 import httpx
 import openai
 import pytest
-from conftest import ARTIFACTS, ROOT
-from serving import bento_server, free_port
+from chat_page import CHAT_ROUTE, add_to_requests, engine_core, engine_paused, last, new_chat, open_chat, roles, send
+from conftest import ARTIFACTS, ROOT, serve_folder
 
 KEY = "sk-test-" + os.urandom(6).hex()
 CHAT = [{"role": "user", "content": "Hello"}]
@@ -19,10 +18,7 @@ CHAT = [{"role": "user", "content": "Hello"}]
 
 @pytest.fixture(scope="module")
 def keyed_server(bentoml_home):
-    server = bento_server(ROOT / "models" / "tiny-dev", free_port(), env={"BENTOML_HOME": bentoml_home, "VLLM_API_KEY": KEY},
-                          log_path=ARTIFACTS / "keyed.server.log")
-    with server:
-        server.wait_ready(timeout=300)
+    with serve_folder(ROOT / "models" / "tiny-dev", "keyed", env={"BENTOML_HOME": bentoml_home, "VLLM_API_KEY": KEY}) as server:
         yield server
     assert KEY not in server.log_path.read_text(errors="replace"), "the key must never be logged"
 
@@ -65,78 +61,137 @@ def test_bentoml_api_with_the_key(keyed_server):
     assert response.status_code == 200 and response.text
 
 
-@pytest.fixture(scope="module")
-def browser():
-    """Headless Debian Chromium driven by playwright; installs Chromium with apt if it is missing."""
-    if not shutil.which("chromium"):
-        if os.geteuid() != 0:
-            pytest.fail("Chromium is missing and only root can install it: apt-get install chromium")
-        subprocess.run("apt-get update -qq && apt-get install -y -qq chromium", shell=True, check=True, capture_output=True)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=shutil.which("chromium"),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"],
-        )
-        yield browser
-        browser.close()
-
-
-def with_ignore_eos(route) -> None:
-    body = json.loads(route.request.post_data)
-    route.continue_(post_data=json.dumps({**body, "ignore_eos": True}))
-
-
-# Clicks Stop from inside the page when the new reply's first text appears: a MutationObserver
-# runs within the page's read loop, which can go on for many chunks without giving the browser
-# a frame, so a check that Playwright polls once per frame can miss a whole stream.
-STOP_AT_FIRST_TEXT = """() => {
+# Calls `report(text)` from inside the page when the new reply's answer gets its first text, and
+# clicks Stop there if asked: a MutationObserver runs within the page's read loop, which can go on
+# for many chunks without giving the browser a frame, so a check that Playwright polls once per
+# frame can miss a whole stream.
+AT_FIRST_TEXT = """([stop]) => {
   const before = document.querySelectorAll('.assistant').length;
   new MutationObserver((changes, observer) => {
-    const replies = document.querySelectorAll('.assistant');
-    if (replies.length > before && replies[replies.length - 1].textContent) {
+    const replies = document.querySelectorAll('.assistant .answer');
+    const text = replies.length > before && replies[replies.length - 1].textContent;
+    if (text) {
       observer.disconnect();
-      document.getElementById('stop').click();
+      if (stop) document.getElementById('stop').click();
+      if (window.report) window.report(text);
     }
   }).observe(document.getElementById('log'), { childList: true, subtree: true, characterData: true });
 }"""
 
 
-def test_chat_page_streams_and_stops(keyed_server, browser):
+def test_chat_page_asks_for_the_key_streams_and_stops(keyed_server, browser):
     page = browser.new_page()
     page.goto(f"{keyed_server.url}/chat")
     # No key yet: the page says so and asks for it.
     page.wait_for_selector("#keybox", state="visible")
     assert "API key" in page.inner_text("#error")
-    page.fill("#api-key", KEY)
-    page.click("#save-key")
-    page.wait_for_function("document.getElementById('model').textContent === 'tiny-dev'")
+    open_chat(page, keyed_server.url, "tiny-dev", KEY)
 
-    page.fill("#max-tokens", "40")
-    page.fill("#prompt", "Tell me a story")
-    page.press("#prompt", "Enter")
-    page.wait_for_function("document.querySelectorAll('.assistant').length === 1 && !document.getElementById('send').disabled")
+    send(page, "Tell me a story", max_tokens=40)
     assert page.inner_text(".user") == "Tell me a story"
     assert page.inner_text("#error") == ""
 
     # The random model may end a reply at once; the test (not the page) asks vLLM to ignore EOS
     # so that there is a long generation to stop.
-    page.route("**/v1/chat/completions", with_ignore_eos)
+    add_to_requests(page, ignore_eos=True)
     for _ in range(3):
-        page.fill("#max-tokens", "900")
-        page.fill("#prompt", "And another one")
-        page.evaluate(STOP_AT_FIRST_TEXT)
-        page.click("#send")
-        page.wait_for_function("!document.getElementById('send').disabled")
+        page.evaluate(AT_FIRST_TEXT, [True])
+        send(page, "And another one", max_tokens=900)
         assert page.inner_text("#error") == ""
-        stopped = page.eval_on_selector_all(".assistant", "els => els[els.length - 1].dataset.stopped")
+        stopped = last(page, ".assistant", "el => el.dataset.stopped")
         if stopped == "true":
             break
         # The whole reply was there before the page could stop it: on 2 busy cores the browser
-        # can wait for a CPU until the server has finished. Not a try; start a fresh
-        # conversation (the 900-token reply would not fit the model's context again).
-        page.reload()
-        page.wait_for_function("document.getElementById('model').textContent === 'tiny-dev'")
+        # can wait for a CPU until the server has finished. Not a try; start a fresh conversation.
+        open_chat(page, keyed_server.url, "tiny-dev")
     page.screenshot(path=str(ARTIFACTS / "chat-page.png"), full_page=True)
     assert stopped == "true", "the generation was stopped from the page"
+
+
+def test_rejected_request_leaves_the_history_so_roles_alternate(keyed_server, browser):
+    page, sent = new_chat(browser, keyed_server.url, "tiny-dev", KEY, ignore_eos=True)
+    send(page, "first", max_tokens=8)
+    answer = last(page, ".assistant .answer")
+    assert answer
+
+    send(page, "second", max_tokens=-3)  # vLLM answers 400
+    assert "max_tokens" in page.inner_text("#error")
+    assert last(page, ".user", "el => el.classList.contains('unanswered')")
+    assert page.input_value("#prompt") == "second", "the text is kept to send again"
+
+    send(page, "third", max_tokens=8)
+    assert page.inner_text("#error") == ""
+    assert [m["content"] for m in sent[-1]["messages"]] == ["first", answer, "third"]
+    assert roles(sent[-1]) == ["user", "assistant", "user"]
+
+
+def test_stop_before_any_text_leaves_the_history(keyed_server, browser):
+    page, sent = new_chat(browser, keyed_server.url, "tiny-dev", KEY, ignore_eos=True)
+    send(page, "first", max_tokens=8)
+    with engine_paused(keyed_server):
+        page.fill("#prompt", "second")
+        with page.expect_request(CHAT_ROUTE):
+            page.click("#send")
+        page.click("#stop")
+        page.wait_for_function("!document.getElementById('send').disabled")
+    assert last(page, ".assistant", "el => el.dataset.stopped") == "true"
+    assert last(page, ".assistant .answer") == ""
+    assert page.inner_text("#error") == ""
+
+    send(page, "third", max_tokens=8)
+    assert roles(sent[-1]) == ["user", "assistant", "user"]
+    assert [m["content"] for m in sent[-1]["messages"]][::2] == ["first", "third"]
+
+
+def tokens(server, messages: list[dict]) -> int:
+    response = httpx.post(f"{server.url}/tokenize", json={"model": "tiny-dev", "messages": messages, "add_generation_prompt": True},
+                          headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    return response.json()["count"]
+
+
+def test_history_is_cut_to_the_context_oldest_turns_first(keyed_server, browser):
+    max_model_len = httpx.get(f"{keyed_server.url}/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()["data"][0]["max_model_len"]
+    page, sent = new_chat(browser, keyed_server.url, "tiny-dev", KEY, ignore_eos=True)
+    send(page, "first question", max_tokens=8)
+    send(page, "second question", max_tokens=8)
+    whole = [*sent[-1]["messages"], {"role": "assistant", "content": last(page, ".assistant .answer")},
+             {"role": "user", "content": "third question"}]
+    # max_tokens that the last exchange and the new turn leave room for, and the whole history not.
+    max_tokens = max_model_len - tokens(keyed_server, whole[2:])
+    # The reply itself may end at once (the test's stop strings): what counts is what was sent.
+    page.unroute(CHAT_ROUTE)
+    add_to_requests(page, sent, stop=[" ", "e", "a", "o", "t"])
+    send(page, "third question", max_tokens=max_tokens)
+
+    assert page.inner_text("#error") == "", "vLLM took the request"
+    kept = sent[-1]["messages"]
+    assert kept == whole[2:], "the oldest exchange was left out, and only that"
+    assert tokens(keyed_server, kept) + max_tokens <= max_model_len < tokens(keyed_server, whole) + max_tokens
+    assert page.eval_on_selector_all(".forgotten", "els => els.map(el => el.textContent)") == [whole[0]["content"], whole[1]["content"]]
+
+
+# Last in this module: it kills the server's engine.
+def test_error_event_in_the_stream_is_shown_after_the_text(keyed_server, browser):
+    page, _ = new_chat(browser, keyed_server.url, "tiny-dev", KEY, ignore_eos=True)
+    engine = engine_core(keyed_server)
+    first_text: list[str] = []
+    page.expose_function("report", lambda text: (engine.suspend(), first_text.append(text)))
+    statuses: list[int] = []
+    page.on("response", lambda r: statuses.append(r.status) if r.url.endswith("/v1/chat/completions") else None)
+    page.evaluate(AT_FIRST_TEXT, [False])
+    page.fill("#max-tokens", "900")
+    page.fill("#prompt", "Tell me a long story")
+    page.click("#send")
+    page.wait_for_function("document.querySelector('.assistant .answer').textContent")
+    for _ in range(100):  # the page's call of report() reaches the test between Playwright's calls
+        if first_text:
+            break
+        page.wait_for_timeout(50)
+    assert first_text and page.is_disabled("#send"), "the engine was paused in the middle of the stream"
+    engine.kill()  # vLLM ends the open stream with data: {"error": ...}
+
+    page.wait_for_function("!document.getElementById('send').disabled", timeout=120_000)
+    page.screenshot(path=str(ARTIFACTS / "chat-page-error.png"), full_page=True)
+    assert statuses == [200], "the error came inside a stream that had begun"
+    assert page.inner_text("#error").startswith("EngineCore encountered an issue")  # vLLM's EngineDeadError
+    assert last(page, ".assistant .answer").startswith(first_text[0]), "the text before the error stays"

@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from conftest import ARTIFACTS, ROOT
+from conftest import ROOT, serve_folder
 from openai import OpenAI
-from serving import bento_server, free_port
 
 HIDDEN_SIZE = 256  # scripts/tiny_model.py
 
 
 @pytest.fixture(scope="module")
 def embed_server(bentoml_home):
-    server = bento_server(
-        ROOT / "models" / "tiny-embed", free_port(), env={"BENTOML_HOME": bentoml_home},
-        log_path=ARTIFACTS / "tiny-embed.server.log",
-    )
-    with server:
-        server.wait_ready(timeout=300)
+    with serve_folder(ROOT / "models" / "tiny-embed", "tiny-embed", env={"BENTOML_HOME": bentoml_home}) as server:
         yield server
 
 

@@ -1,12 +1,33 @@
-"""A model that cannot load stops `bentoml serve` with a non-zero exit and the reason."""
+"""A model that cannot load, or an engine that dies, ends `bentoml serve` with a non-zero exit and the reason.
+
+Each failure is served both as an ordinary child of the test (as from a shell) and as
+PID 1 of a new PID namespace, which is how BentoML's container image runs
+`bentoml serve` (its entrypoint `exec`s it): there a worker's parent is PID 1, which
+ignores every signal it has no handler for.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
+import threading
+import time
+import typing as t
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import httpx
+import psutil
+import pytest
 from conftest import ARTIFACTS, ROOT
-from serving import bento_server, free_port
+from serving import BIN, ServerProcess, bento_server, free_port, http_status
+
+TINY_DEV = ROOT / "models" / "tiny-dev"
+LAUNCHES = {"child": False, "pid1": True}  # pid_namespace for each way of starting the server
+START_FAILED = "vLLM could not start"
+EXIT_WITHIN_S = 60  # from the failure to the end of `bentoml serve`
 
 
 def broken_store_model(tmp_path, bentoml_home: str, breakage) -> dict[str, str]:
@@ -18,14 +39,96 @@ def broken_store_model(tmp_path, bentoml_home: str, breakage) -> dict[str, str]:
     return {"BENTOML_HOME": str(home)}
 
 
-def serve_until_exit(env: dict[str, str], name: str, timeout: float = 240) -> tuple[int, str]:
-    server = bento_server(ROOT / "models" / "tiny-dev", free_port(), env=env, log_path=ARTIFACTS / f"{name}.log")
-    with server:
-        try:
-            code = server.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            code = None
-    return code, server.log_path.read_text(errors="replace")
+def corrupt_weights(model_dir: Path) -> None:
+    """Weights that are there but not safetensors: vLLM fails while loading them, in its engine process."""
+    for path in model_dir.glob("*.safetensors"):
+        path.write_bytes(b"not a safetensors file")
+
+
+def tiny_dev_copy(tmp_path, old: str, new: str) -> Path:
+    """A copy of models/tiny-dev with one edit of its service.py, as a user would make it."""
+    folder = tmp_path / "tiny-dev"
+    shutil.copytree(TINY_DEV, folder)
+    service = folder / "service.py"
+    text = service.read_text()
+    assert old in text
+    service.write_text(text.replace(old, new))
+    return folder
+
+
+class ProbeWatch:
+    """Polls /livez and /readyz in a thread, recording (seconds, path, status) until stopped."""
+
+    def __init__(self, url: str, interval: float = 0.2):
+        self.url, self.interval = url, interval
+        self.seen: list[tuple[float, str, int | None]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            for path in ("/livez", "/readyz"):
+                self.seen.append((time.monotonic(), path, http_status(self.url + path, timeout=2)))
+            self._stop.wait(self.interval)
+
+    def since(self, moment: float) -> list[tuple[str, int | None]]:
+        return [(path, status) for at, path, status in self.seen if at >= moment]
+
+    def __enter__(self) -> ProbeWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class Ending:
+    """How a server that was expected to fail ended."""
+
+    code: int | None
+    log: str
+    failed_after_s: float | None = None  # when the marker showed in the log, from the start
+    exited_after_failure_s: float | None = None
+    probes_after_failure: list[tuple[str, int | None]] = field(default_factory=list)
+
+
+def run_until_exit(server: ServerProcess, marker: str | None = None, timeout: float = 240) -> Ending:
+    """Start `server`, note when `marker` shows in its log, and wait for it to exit by itself."""
+    failed_at = None
+    with server, ProbeWatch(server.url) as probes:
+        deadline = time.monotonic() + timeout
+        while server.process.poll() is None and time.monotonic() < deadline:
+            if marker and failed_at is None and marker in server.log_path.read_text(errors="replace"):
+                failed_at = time.monotonic()
+            time.sleep(0.1)
+        code = server.process.poll()
+        ended_at = time.monotonic()
+    log = server.log_path.read_text(errors="replace")
+    if failed_at is None:
+        return Ending(code, log)
+    return Ending(code, log, failed_at - server.started_at, ended_at - failed_at, probes.since(failed_at))
+
+
+def serve_until_exit(env: dict[str, str], name: str, *, folder: Path = TINY_DEV, pid_namespace: bool = False,
+                     marker: str | None = None, timeout: float = 240) -> Ending:
+    server = bento_server(folder, free_port(), env=env, log_path=ARTIFACTS / f"{name}.log", pid_namespace=pid_namespace)
+    return run_until_exit(server, marker, timeout)
+
+
+def assert_ended_for(ending: Ending, status: int, reason: str) -> None:
+    """`bentoml serve` exited by itself with `status`, said why, in time, with 503 probes meanwhile."""
+    tail = ending.log[-3000:]
+    assert ending.code == status, tail
+    assert f"bentoml serve exits with status {status}: {reason}" in ending.log, tail
+    assert ending.exited_after_failure_s is not None and ending.exited_after_failure_s < EXIT_WITHIN_S, tail
+    statuses = [status for _, status in ending.probes_after_failure]
+    assert 200 not in statuses, ending.probes_after_failure
+    assert ("/livez", 503) in ending.probes_after_failure and ("/readyz", 503) in ending.probes_after_failure
+
+
+# Failures BentoML sees before any worker starts: `bentoml serve` itself exits.
 
 
 def test_missing_weights_stop_the_server_at_once(tmp_path, bentoml_home):
@@ -33,25 +136,137 @@ def test_missing_weights_stop_the_server_at_once(tmp_path, bentoml_home):
         for path in model_dir.glob("*.safetensors"):
             path.unlink()
 
-    code, log = serve_until_exit(broken_store_model(tmp_path, bentoml_home, remove_weights), "missing-weights", timeout=60)
-    assert code not in (0, None), log[-2000:]
-    assert "model files missing" in log and "*.safetensors weights" in log
+    ending = serve_until_exit(broken_store_model(tmp_path, bentoml_home, remove_weights), "missing-weights", timeout=60)
+    assert ending.code not in (0, None), ending.log[-2000:]
+    assert "model files missing" in ending.log and "*.safetensors weights" in ending.log
 
 
-def test_model_missing_from_the_store_stops_the_server(tmp_path):
-    code, log = serve_until_exit({"BENTOML_HOME": str(tmp_path / "empty")}, "missing-model", timeout=60)
-    assert code not in (0, None)
-    assert "llm-bentos-tiny-dev:v2 could not be found" in log
+@pytest.mark.parametrize("launch", LAUNCHES)
+def test_model_missing_from_the_store_stops_the_server(tmp_path, launch):
+    ending = serve_until_exit({"BENTOML_HOME": str(tmp_path / "empty")}, f"missing-model-{launch}",
+                              pid_namespace=LAUNCHES[launch], timeout=60)
+    assert ending.code not in (0, None), ending.log[-2000:]
+    assert "llm-bentos-tiny-dev:v2 could not be found" in ending.log
 
 
-def test_engine_that_cannot_start_stops_the_server(tmp_path, bentoml_home):
+# Failures inside the worker, where vLLM starts: the worker ends `bentoml serve`.
+
+
+@pytest.mark.parametrize("launch", LAUNCHES)
+def test_engine_that_cannot_start_stops_the_server(tmp_path, bentoml_home, launch):
     """Weights that are there but broken fail inside vLLM; the server must exit, not respawn."""
+    env = broken_store_model(tmp_path, bentoml_home, corrupt_weights)
+    ending = serve_until_exit(env, f"corrupt-weights-{launch}", pid_namespace=LAUNCHES[launch], marker=START_FAILED)
+    assert_ended_for(ending, 3, START_FAILED)
+    assert "vLLM could not start with: vllm serve --model" in ending.log
+    assert ending.log.count("Service tiny-dev initialized") == 1, "the worker was restarted"
 
-    def corrupt_weights(model_dir):
-        for path in model_dir.glob("*.safetensors"):
-            path.write_bytes(b"not a safetensors file")
 
-    code, log = serve_until_exit(broken_store_model(tmp_path, bentoml_home, corrupt_weights), "corrupt-weights")
-    assert code not in (0, None), log[-2000:]
-    assert "vLLM could not start with: vllm serve --model" in log
-    assert log.count("Service tiny-dev initialized") == 1, "the worker was restarted"
+def test_vllm_argument_error_stops_the_server_as_pid_1(tmp_path, bentoml_home):
+    """vLLM's parser ends with SystemExit on an unknown flag: a failed start like any other."""
+    folder = tiny_dev_copy(tmp_path, '"max_model_len": 1024,', '"max_model_len": 1024, "no_such_vllm_flag": 1,')
+    ending = serve_until_exit({"BENTOML_HOME": bentoml_home}, "argument-error-pid1", folder=folder,
+                              pid_namespace=True, marker=START_FAILED)
+    assert_ended_for(ending, 3, f"{START_FAILED}: vLLM's argument parser refused the arguments (exit status 2")
+    assert "vllm serve: error: unrecognized arguments: --no-such-vllm-flag" in ending.log
+
+
+def build_bento(folder: Path, home: Path) -> Path:
+    """`bentoml build` of a model folder into the BentoML home `home`; the built Bento's folder."""
+    result = subprocess.run([str(BIN / "bentoml"), "build", "--output", "tag"], cwd=folder, capture_output=True,
+                            text=True, env=bento_env(home), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    tag = result.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    name, version = tag.split(":")
+    return home / "bentos" / name / version
+
+
+def bento_env(home: Path) -> dict[str, str]:
+    return {**os.environ, "BENTOML_HOME": str(home), "PATH": f"{BIN}:{os.environ['PATH']}"}
+
+
+def test_built_bento_started_as_its_container_starts_it_exits(tmp_path, bentoml_home):
+    """The issue's case: max_model_len above what the model allows, in the built Bento run like its image.
+
+    The image's entrypoint (env/docker/entrypoint.sh of the Bento) `exec`s `bentoml serve
+    $BENTO_PATH` as PID 1, with BENTOML_CONTAINERIZED set, under which BentoML's supervisor
+    does not restart a worker that exits (and would keep the port open with nothing behind it).
+    """
+    home = tmp_path / "home"
+    shutil.copytree(bentoml_home, home, symlinks=True)
+    bento = build_bento(tiny_dev_copy(tmp_path, '"max_model_len": 1024,', '"max_model_len": 4096,'), home)
+    entrypoint = bento / "env" / "docker" / "entrypoint.sh"
+    assert entrypoint.is_file()
+    port = free_port()
+    server = ServerProcess(
+        ["bash", str(entrypoint), "--host", "127.0.0.1", "--port", str(port)], port=port, ready_path="/readyz",
+        cwd=bento, env={**bento_env(home), "BENTO_PATH": str(bento), "BENTOML_CONTAINERIZED": "true"},
+        log_path=ARTIFACTS / "built-bento-container-pid1.log", pid_namespace=True,
+    )
+    ending = run_until_exit(server, marker=START_FAILED)
+    assert_ended_for(ending, 3, f"{START_FAILED}: ValidationError")
+    assert "max_model_len (4096) is greater than the derived max_model_len" in ending.log
+
+
+# An engine that dies while serving.
+
+
+def engine_core(server: ServerProcess) -> psutil.Process:
+    """vLLM's engine-core process among the server's descendants."""
+    found = [p for p in psutil.Process(server.process.pid).children(recursive=True) if "EngineCore" in " ".join(p.cmdline())]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def read_stream(lines: t.Iterator[str]) -> tuple[list[dict], str | None]:
+    """The JSON events left in an SSE stream's lines, and the transport error that cut it, if one did."""
+    events = []
+    try:
+        for line in lines:
+            payload = line.removeprefix("data: ").strip()
+            if payload and payload != "[DONE]":
+                events.append(json.loads(payload))
+    except httpx.TransportError as exc:
+        return events, repr(exc)
+    return events, None
+
+
+@pytest.mark.parametrize("launch", LAUNCHES)
+def test_engine_killed_mid_stream_ends_requests_probes_and_server(bentoml_home, launch):
+    server = bento_server(TINY_DEV, free_port(), env={"BENTOML_HOME": bentoml_home},
+                          log_path=ARTIFACTS / f"engine-death-{launch}.log", pid_namespace=LAUNCHES[launch])
+    request = {"model": "tiny-dev", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 900,
+               "ignore_eos": True, "stream": True}
+    with server:
+        server.wait_ready(timeout=600)
+        with ProbeWatch(server.url) as probes, httpx.Client(base_url=server.url, timeout=60) as client:
+            with client.stream("POST", "/v1/chat/completions", json=request) as response:
+                assert response.status_code == 200
+                lines = response.iter_lines()
+                assert next(line for line in lines if line.startswith("data: "))  # the stream is in flight
+                engine_core(server).kill()
+                killed_at = time.monotonic()
+                events, cut = read_stream(lines)
+                stream_ended_s = time.monotonic() - killed_at
+            try:
+                after = client.post("/v1/chat/completions", json={**request, "stream": False}, timeout=10).status_code
+            except httpx.TransportError as exc:  # the server may be gone already: an error too
+                after = repr(exc)
+            code = server.process.wait(EXIT_WITHIN_S)
+            exited_s = time.monotonic() - killed_at
+        log = server.log_path.read_text(errors="replace")
+
+    print(f"engine killed: stream ended after {stream_ended_s:.1f} s ({cut or events[-1]}), next request {after}, "
+          f"exit {code} after {exited_s:.1f} s")
+    assert stream_ended_s < 10, (stream_ended_s, events[-3:])
+    finishes = [c.get("finish_reason") for e in events for c in e.get("choices", [])]
+    assert "length" not in finishes and "stop" not in finishes
+    assert cut is not None or "error" in events[-1], (cut, events[-3:])
+    assert after in (500, 503) or isinstance(after, str), after
+    assert code == 4, log[-3000:]
+    assert exited_s < EXIT_WITHIN_S
+    assert "bentoml serve exits with status 4: vLLM's engine died" in log
+    after_kill = probes.since(killed_at)
+    assert ("/livez", 503) in after_kill and ("/readyz", 503) in after_kill, after_kill
+    first_503 = after_kill.index(("/livez", 503))
+    assert 200 not in [status for path, status in after_kill[first_503:] if path == "/livez"], after_kill

@@ -6,9 +6,8 @@ import subprocess
 import sys
 
 import generate
-from conftest import ARTIFACTS, ROOT, entry_named
+from conftest import ROOT, entry_named, serve_folder
 from openai import OpenAI
-from serving import bento_server, free_port
 
 REPO_ID = "llm-bentos-test/tiny-llama"
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -26,11 +25,10 @@ def test_hf_model_from_an_offline_cache_serves(tmp_path, write_catalog, catalog_
     del entry["engine"]["served_model_name"]
     out = tmp_path / "models"
     assert generate.main(["--catalog", str(write_catalog([entry])), "--out", str(out)]) == 0
-    assert f'bentoml.models.HuggingFaceModel(\n    "{REPO_ID}",\n    revision="{REVISION}"' in (out / "tiny-hf" / "service.py").read_text()
+    assert f'MODEL = HubModel(\n    "{REPO_ID}",\n    revision="{REVISION}"' in (out / "tiny-hf" / "service.py").read_text()
 
     env = {"BENTOML_HF_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1", "BENTOML_HOME": str(tmp_path / "bentoml")}
-    with bento_server(out / "tiny-hf", free_port(), env=env, log_path=ARTIFACTS / "hf-cache.server.log") as server:
-        server.wait_ready(timeout=300)
+    with serve_folder(out / "tiny-hf", "hf-cache", env=env) as server:
         client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
         assert [m.id for m in client.models.list().data] == [REPO_ID]
         reply = client.chat.completions.create(

@@ -2,23 +2,22 @@
 
 `make new` pins the commit the Hub resolves for a gated repository; `bentoml serve` of that entry
 then downloads exactly that revision through BentoML's HuggingFaceModel into an empty cache and
-answers a chat request. Without HF_TOKEN, and with a revision the Hub lacks, `bentoml serve`
-stops at once with a message naming what to fix.
+answers a chat request. Without HF_TOKEN (BentoML's own check of the service's `envs`), with
+a token the Hub refuses, and with a revision the Hub lacks, `bentoml serve` stops at once
+with a message naming what to fix.
 """
 
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import generate
 import pytest
 import yaml
-from conftest import ARTIFACTS, GATED_REPO, ROOT
+from conftest import ARTIFACTS, GATED_REPO, ROOT, last_entry, make_new
 from openai import OpenAI
 from serving import bento_server, free_port
-from test_new_model import last_entry, make_new
 
 MISSING_REVISION = "0" * 40
 
@@ -39,13 +38,9 @@ def serve_env(local_hub, tmp_path: Path, token: bool) -> dict[str, str]:
     return {**local_hub.env(tmp_path, token=token), "BENTOML_HF_CACHE_DIR": str(tmp_path / "download-cache")}
 
 
-def serve_until_exit(folder: Path, env: dict[str, str], name: str, timeout: float = 240) -> tuple[int | None, str]:
-    server = bento_server(folder, free_port(), env=env, log_path=ARTIFACTS / f"{name}.log")
-    with server:
-        try:
-            code = server.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            code = None
+def serve_until_exit(folder: Path, env: dict[str, str], name: str) -> tuple[int | None, str]:
+    with bento_server(folder, free_port(), env=env, log_path=ARTIFACTS / f"{name}.log") as server:
+        code = server.wait_exit(timeout=300)
     return code, server.log_path.read_text(errors="replace")
 
 
@@ -73,11 +68,15 @@ def test_first_serve_downloads_the_pinned_revision_and_answers_a_chat(local_hub,
     assert local_hub.token not in server.log_path.read_text(errors="replace")
 
 
-def test_gated_model_without_hf_token_stops_serve_with_a_message_naming_it(local_hub, gated_entry, tmp_path):
+def test_gated_model_without_a_valid_hf_token_stops_serve_with_a_message_naming_it(local_hub, gated_entry, tmp_path):
     catalog, _ = gated_entry
-    code, log = serve_until_exit(catalog.parent / "models" / "tiny-gated", serve_env(local_hub, tmp_path, token=False), "hub-gated-no-token")
+    folder = catalog.parent / "models" / "tiny-gated"
+    code, log = serve_until_exit(folder, serve_env(local_hub, tmp_path / "none", token=False), "hub-gated-no-token")
+    assert code not in (0, None) and "Environment variable 'HF_TOKEN' is required but not set" in log, log[-3000:]
+    wrong = {**serve_env(local_hub, tmp_path / "wrong", token=False), "HF_TOKEN": "not-" + local_hub.token}
+    code, log = serve_until_exit(folder, wrong, "hub-gated-wrong-token")
     assert code not in (0, None), log[-3000:]
-    assert f"{GATED_REPO} at revision" in log and "is gated: set HF_TOKEN" in log, log[-3000:]
+    assert f"{GATED_REPO} at revision" in log and "is gated: set HF_TOKEN to a token that was granted access" in log, log[-3000:]
     assert "Service tiny-gated initialized" not in log  # it stopped before any worker started
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import generate
+import httpx
 import pytest
 import yaml
+from chat_page import last, new_chat, send
 from conftest import ARTIFACTS, entry_named
 from openai import OpenAI
 from serving import bento_server, free_port
@@ -29,7 +31,7 @@ def features_server(bentoml_home, tmp_path_factory, catalog_data):
     server = bento_server(root / "models" / "tiny-features", free_port(), env={"BENTOML_HOME": bentoml_home},
                           log_path=ARTIFACTS / "tiny-features.server.log")
     with server:
-        server.wait_ready(timeout=300)
+        server.wait_ready(timeout=600)
         yield OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
 
 
@@ -59,3 +61,50 @@ def test_reasoning_parser_splits_the_reply(features_server):
     reasoning = message.get("reasoning") or message.get("reasoning_content")
     assert reasoning, message
     assert (message["content"] or "") + reasoning
+
+
+# In the page, the reasoning of the reply goes into a <details> that stays closed, as it streams.
+WATCH_REASONING = """() => {
+  window.reasoningSeen = null;
+  new MutationObserver((changes, observer) => {
+    const box = document.querySelector('.assistant .reasoning');
+    if (box && box.textContent) {
+      observer.disconnect();
+      window.reasoningSeen = { open: box.open, streaming: document.getElementById('send').disabled };
+    }
+  }).observe(document.getElementById('log'), { childList: true, subtree: true, characterData: true });
+}"""
+
+
+def split_reply(client: OpenAI, messages: list[dict], max_tokens: int) -> tuple[dict, dict]:
+    """Extra sampling settings (a seed, a nudge towards </think>; temperature 1) under which the random model's reply has
+    both reasoning and an answer, and that reply."""
+    url = str(client.base_url).removesuffix("/v1/")
+    end_of_thinking = httpx.post(f"{url}/tokenize", json={"model": "tiny-features", "prompt": "</think>", "add_special_tokens": False}).json()["tokens"]
+    for seed in range(40):
+        extra = {"seed": seed, "logit_bias": {str(end_of_thinking[0]): 4.0}, "ignore_eos": True}
+        reply = client.chat.completions.create(model="tiny-features", messages=messages, max_tokens=max_tokens,
+                                               temperature=1.0, extra_body=extra)
+        message = reply.choices[0].message.model_dump()
+        if message.get("reasoning") and message.get("content"):
+            return extra, message
+    pytest.fail("no seed gave a reply with both reasoning and an answer")
+
+
+def test_chat_page_shows_reasoning_folded_and_sends_back_only_the_answer(features_server, browser):
+    question = "Why is the sky blue?"
+    extra, expected = split_reply(features_server, [{"role": "user", "content": question}], max_tokens=24)
+    page, sent = new_chat(browser, str(features_server.base_url).removesuffix("/v1/"), "tiny-features", **extra)
+    page.fill("#temperature", "1")
+    page.evaluate(WATCH_REASONING)
+    send(page, question, max_tokens=24)
+
+    assert page.evaluate("window.reasoningSeen") == {"open": False, "streaming": True}
+    assert page.inner_text("#error") == ""
+    assert last(page, ".assistant .reasoning .thought") == expected["reasoning"]
+    assert last(page, ".assistant .answer") == expected["content"]
+    assert not last(page, ".assistant .reasoning", "el => el.open"), "folded when the reply is over"
+    page.screenshot(path=str(ARTIFACTS / "chat-page-reasoning.png"), full_page=True)
+
+    send(page, "And why red at dusk?", max_tokens=4)
+    assert sent[-1]["messages"][:2] == [{"role": "user", "content": question}, {"role": "assistant", "content": expected["content"]}]

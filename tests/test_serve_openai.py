@@ -177,7 +177,7 @@ def test_client_disconnect_frees_the_engine(tiny_server):
     """A long stream dropped after its first chunk: the engine stops generating for it.
 
     On a 2-core machine with kernel autogroup scheduling the client can wait on the CPU
-    until the server has finished (README, Performance): then its first chunk comes with
+    until the server has finished (docs/performance.md): then its first chunk comes with
     the last, and there is nothing left to stop. Such tries do not count; three do.
     """
     max_tokens = 1000

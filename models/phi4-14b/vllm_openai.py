@@ -4,8 +4,8 @@ Copied verbatim into every generated model folder from templates/vllm_openai.py 
 scripts/generate.py (the generator imports it too, to check catalog entries with vLLM's
 own argument parser). Nothing here re-implements vLLM: the routes, request validation,
 error objects and metrics are vLLM's; this module only starts the engine in the
-background, hands requests to vLLM's app once it is ready, stops the server when the
-engine cannot start, and keeps vLLM's metrics cheap inside BentoML (in memory, without
+background, hands requests to vLLM's app once it is ready, ends the server when the
+engine cannot start or dies (supervisor.py), and keeps vLLM's metrics cheap inside BentoML (in memory, without
 a second copy of BentoML's request metrics).
 """
 
@@ -15,14 +15,21 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import signal
 import typing as t
+
+from patches import VLLM_METRIC_PREFIX, keep_vllm_metrics_in_process, leave_out_http_metrics
+from supervisor import end_server
 
 logger = logging.getLogger("bentoml.service")
 
 LOADING_MESSAGE = "The model is still loading; retry when /readyz answers 200."
-VLLM_METRIC_PREFIX = "vllm:"
+START_FAILED_STATUS = 3  # `bentoml serve`'s exit status when vLLM could not start
+ENGINE_DIED_STATUS = 4  # ... and when vLLM's engine died while serving
+ENGINE_DIED_MESSAGE = "vLLM's engine died; the server is stopping so that it can be restarted."
+# How often the engine's state is checked, for deaths that no request saw (vLLM checks every 5 s).
+ENGINE_WATCH_INTERVAL_S = 1.0
+# How long /livez and /readyz say 503 (and requests get their error) before the server stops.
+STOP_DELAY_S = 2.0
 
 
 def engine_argv(model_path: str, config: t.Mapping[str, t.Any]) -> list[str]:
@@ -66,29 +73,6 @@ async def send_openai_error(send, status: int, message: str, err_type: str) -> N
     await send({"type": "http.response.body", "body": body.encode()})
 
 
-def keep_vllm_metrics_in_process() -> None:
-    """Give vLLM's Prometheus metrics plain in-memory values; every other metric keeps BentoML's.
-
-    `bentoml serve` sets PROMETHEUS_MULTIPROC_DIR, so each Prometheus value is an entry in an
-    mmap'ed file that BentoML's /metrics merges across workers: about ten times the cost of an
-    in-memory value. vLLM observes histograms for every generated token, which made this the
-    largest share of the Bento's extra CPU per token (README, Performance). This service runs
-    one worker, so vLLM's values need no merging; `vllm_metrics_text` exports them. Must run
-    before vLLM creates its metrics, i.e. before vLLM is imported.
-    """
-    from prometheus_client import values
-
-    shared_value = values.ValueClass
-    if not getattr(shared_value, "_multiprocess", False):  # not multiprocess mode, or done already
-        return
-
-    def value_class(typ, metric_name, *args, **kwargs):
-        chosen = values.MutexValue if metric_name.startswith(VLLM_METRIC_PREFIX) else shared_value
-        return chosen(typ, metric_name, *args, **kwargs)
-
-    values.ValueClass = value_class
-
-
 def vllm_metrics_text() -> str:
     """vLLM's in-process metrics in Prometheus' text format, to append to BentoML's /metrics."""
     from prometheus_client import REGISTRY, generate_latest
@@ -101,52 +85,57 @@ def vllm_metrics_text() -> str:
     return generate_latest(VLLMMetrics()).decode()
 
 
-def leave_out_http_metrics(app) -> None:
-    """Take vLLM's HTTP request metrics (`http_requests_total`, ...) out of its app.
+class EngineDeathHook:
+    """What vLLM's engine-error handlers expect at `app.state.server`.
 
-    BentoML's own middleware already counts and times every request, vLLM's routes
-    included (`bentoml_service_request_total`, `..._duration_seconds`, by endpoint and
-    status). vLLM's copy cost about 60 µs of CPU per request (README, Performance) for
-    numbers that say the same.
+    In `vllm serve` that is its uvicorn server: when the engine has died, vLLM's exception
+    handler and its watchdog (`terminate_if_errored`) set `should_exit = True` on it, and
+    the server stops. Here setting it calls `on_exit` once, which ends `bentoml serve`.
     """
-    from prometheus_fastapi_instrumentator.middleware import PrometheusInstrumentatorMiddleware
 
-    app.user_middleware = [m for m in app.user_middleware if m.cls is not PrometheusInstrumentatorMiddleware]
-    app.middleware_stack = None  # vLLM's build_app built it already; Starlette rebuilds it on the first request
+    def __init__(self, on_exit: t.Callable[[], None]) -> None:
+        self._on_exit = on_exit
+        self._should_exit = False
 
+    @property
+    def should_exit(self) -> bool:
+        return self._should_exit
 
-def stop_server(exit_code: int) -> None:
-    """End `bentoml serve` instead of letting its supervisor restart a worker that cannot start.
+    @should_exit.setter
+    def should_exit(self, value: bool) -> None:
+        if value and not self._should_exit:
+            self._should_exit = True
+            self._on_exit()
 
-    The worker's parent is BentoML's process supervisor; it would respawn this worker
-    forever. Ending the supervisor first and then this process makes the whole server
-    exit with a non-zero status.
-    """
-    parent = os.getppid()
-    if parent > 1:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(parent, signal.SIGKILL)
-    os._exit(exit_code)
 
 
 class OpenAIServer:
-    """ASGI app that is vLLM's OpenAI app once the engine is ready, and a 503 before."""
+    """ASGI app that is vLLM's OpenAI app once the engine is ready, and a 503 before.
+
+    A start that fails and an engine that dies end `bentoml serve` with a non-zero status
+    (supervisor.end_server); from then until it exits, the probes and requests get a 503.
+    """
 
     def __init__(self) -> None:
         self.app = None
         self.engine = None
+        self.failure: str | None = None  # why this server cannot serve, once it cannot
         self._task: asyncio.Task | None = None
         self._stopping: asyncio.Event | None = None
 
     async def __call__(self, scope, receive, send) -> None:
         app = self.app
-        if app is not None:
+        if app is not None and self.failure is None:
             await app(scope, receive, send)
         elif scope["type"] == "http":
-            await send_openai_error(send, 503, LOADING_MESSAGE, "ServiceUnavailableError")
+            await send_openai_error(send, 503, self.failure or LOADING_MESSAGE, "ServiceUnavailableError")
 
     async def stream_chat(self, messages: list[dict], **params: t.Any) -> t.AsyncIterator[str]:
-        """Stream the text of a chat completion through vLLM's own chat serving code."""
+        """Stream the answer of a chat completion through vLLM's own chat serving code.
+
+        With a reasoning parser, vLLM streams the reasoning apart from the answer; only the
+        answer (`content`) comes out here.
+        """
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
         with self._client_errors():
@@ -156,7 +145,10 @@ class OpenAIServer:
             payload = event.removeprefix("data: ").strip()
             if payload == "[DONE]":
                 break
-            for choice in json.loads(payload).get("choices", []):
+            chunk = json.loads(payload)
+            if "error" in chunk:  # vLLM reports an error met while streaming as an event
+                raise self._error(chunk["error"]["code"], chunk["error"]["message"])
+            for choice in chunk.get("choices", []):
                 if text := choice.get("delta", {}).get("content"):
                     yield text
 
@@ -179,33 +171,55 @@ class OpenAIServer:
 
     @staticmethod
     def _check(result):
-        """vLLM's serving code returns an ErrorResponse for bad requests: raise it as a 4xx."""
-        import bentoml
+        """vLLM's serving code returns an ErrorResponse where it refuses or fails a request:
+        raise it with vLLM's status (4xx the caller's fault, 5xx the server's)."""
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
         if isinstance(result, ErrorResponse):
-            raise bentoml.exceptions.InvalidArgument(result.error.message)
+            raise OpenAIServer._error(result.error.code, result.error.message)
         return result
+
+    @staticmethod
+    def _error(status: int, message: str):
+        """The BentoML exception that answers with this HTTP status."""
+        from http import HTTPStatus
+
+        from bentoml.exceptions import (
+            InternalServerError, InvalidArgument, NotFound, ServiceUnavailable, UnprocessableEntity,
+        )
+
+        status = HTTPStatus(status)
+        exact = {HTTPStatus.BAD_REQUEST: InvalidArgument, HTTPStatus.NOT_FOUND: NotFound,
+                 HTTPStatus.UNPROCESSABLE_ENTITY: UnprocessableEntity, HTTPStatus.SERVICE_UNAVAILABLE: ServiceUnavailable}
+        error_type = exact.get(status, InvalidArgument if status < 500 else InternalServerError)
+        return error_type(message, error_code=status)
 
     @staticmethod
     @contextlib.contextmanager
     def _client_errors():
-        """pydantic's ValueErrors and vLLM's client errors are the caller's fault: a 400."""
+        """pydantic's ValueErrors and vLLM's client errors are the caller's fault: a 400.
+        vLLM's server errors are not: a dead engine is a 503 (the probes say so too), any
+        other a 500."""
         import bentoml
-        from vllm.exceptions import VLLMClientError
+        from vllm.exceptions import VLLMClientError, VLLMServerError
+        from vllm.v1.engine.exceptions import EngineDeadError
 
         try:
             yield
+        except EngineDeadError as exc:
+            raise bentoml.exceptions.ServiceUnavailable(f"vLLM's engine has stopped: {exc}") from exc
+        except VLLMServerError as exc:
+            raise bentoml.exceptions.InternalServerError(str(exc)) from exc
         except (ValueError, VLLMClientError) as exc:
             raise bentoml.exceptions.InvalidArgument(str(exc)) from None
 
     @property
     def ready(self) -> bool:
-        return self.app is not None and not self.engine.errored
+        return self.failure is None and self.app is not None and not self.engine.errored
 
     @property
     def alive(self) -> bool:
-        return self.engine is None or not self.engine.errored
+        return self.failure is None and (self.engine is None or not self.engine.errored)
 
     def start(self, argv: list[str]) -> None:
         """Start vLLM's engine and app in the background, so health checks answer meanwhile."""
@@ -222,14 +236,33 @@ class OpenAIServer:
         try:
             async with self._serving(argv):
                 await self._stopping.wait()
-        except Exception:
+        except (Exception, SystemExit) as exc:  # SystemExit: vLLM's argument parser refused argv
             if self.app is not None:  # it had served: an error while stopping, not a failed start
                 logger.exception("vLLM stopped with an error")
                 return
             logger.exception("vLLM could not start with: vllm serve %s", " ".join(argv))
-            stop_server(3)
+            self._fail(START_FAILED_STATUS, f"vLLM could not start: {failure_text(exc)}")
         finally:
             self.app = None
+
+    def _fail(self, status: int, reason: str) -> None:
+        """Answer 503 from now on, and end `bentoml serve` shortly (in-flight requests get their errors)."""
+        if self.failure is not None:
+            return
+        self.failure = reason
+        logger.error("%s The server exits with status %d in %.0f s.", reason, status, STOP_DELAY_S)
+        asyncio.get_running_loop().call_later(STOP_DELAY_S, end_server, status, reason)
+
+    def _engine_died(self) -> None:
+        self._fail(ENGINE_DIED_STATUS, ENGINE_DIED_MESSAGE)
+
+    async def _watch_engine(self, hook: EngineDeathHook, engine) -> None:
+        """vLLM's own watchdog, more often: the engine may die while no request is running."""
+        from vllm.entrypoints.launchers.launcher import terminate_if_errored
+
+        while not hook.should_exit:
+            await asyncio.sleep(ENGINE_WATCH_INTERVAL_S)
+            terminate_if_errored(hook, engine)
 
     @contextlib.asynccontextmanager
     async def _serving(self, argv: list[str]):
@@ -246,12 +279,23 @@ class OpenAIServer:
             app = build_app(args, tasks, engine.model_config)
             leave_out_http_metrics(app)
             await init_app_state(engine, app.state, args, tasks)
+            app.state.server = EngineDeathHook(self._engine_died)
             async with app.router.lifespan_context(app):
                 self.engine, self.app = engine, app
                 logger.info("vLLM is ready: %s serves %s", args.served_model_name, tasks)
-                yield
+                watch = asyncio.create_task(self._watch_engine(app.state.server, engine))
+                try:
+                    yield
+                finally:
+                    watch.cancel()
         finally:
             engine.shutdown()
+
+
+def failure_text(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"vLLM's argument parser refused the arguments (exit status {exc.code}; its message is above)"
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:1000]
 
 
 def create_engine(args):

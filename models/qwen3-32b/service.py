@@ -16,7 +16,8 @@ import typing as t
 import bentoml
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
-from bentoml_fixes import fix_request_timeout
+from patches import fix_request_timeout
+from supervisor import exit_with_worker_status
 from vllm_openai import OpenAIServer, engine_argv, vllm_metrics_text
 from web import APIKeyMiddleware, chat_page
 
@@ -34,7 +35,30 @@ ENGINE_CONFIG: dict[str, t.Any] = {
     "tool_call_parser": "hermes",
 }
 
-MODEL = bentoml.models.HuggingFaceModel(
+
+class HubModel(bentoml.models.HuggingFaceModel):
+    """BentoML's HuggingFaceModel, whose refused download (BentoML fetches it before the
+    service starts) stops `bentoml serve` with one line saying what to fix."""
+
+    def resolve(self, base_path=None) -> str:
+        try:
+            return super().resolve(base_path)
+        except HfHubHTTPError as exc:
+            raise bentoml.exceptions.BentoMLException(hub_refusal(self, exc)) from exc
+
+
+def hub_refusal(model: HubModel, exc: HfHubHTTPError) -> str:
+    where = f"{model.model_id} at revision {model.revision} on {model.endpoint or 'https://huggingface.co'}"
+    if isinstance(exc, GatedRepoError):
+        return f"{where} is gated: set HF_TOKEN to a token that was granted access to it"
+    if isinstance(exc, RevisionNotFoundError):
+        return f"{where}: the Hub has no revision {model.revision}"
+    if isinstance(exc, RepositoryNotFoundError):
+        return f"{where}: no such model, or a private one: check the id, or set HF_TOKEN"
+    return f"{where}: download failed: {str(exc).splitlines()[0]}"
+
+
+MODEL = HubModel(
     "Qwen/Qwen3-32B",
     revision="9216db5781bf21249d130ec9da846c4624c16137",
 )
@@ -45,22 +69,8 @@ fix_request_timeout()  # BentoML's request timeout otherwise leaves a timer and 
 
 def local_path(model) -> str:
     """Where BentoML put a model: a Hugging Face snapshot folder or a model-store folder."""
-    try:
-        resolved = model.resolve()
-    except HfHubHTTPError as exc:  # the Hub refused the download: say what to fix
-        raise bentoml.exceptions.BentoMLException(hub_refusal(model, exc)) from exc
+    resolved = model.resolve()
     return getattr(resolved, "path", resolved)
-
-
-def hub_refusal(model, exc: HfHubHTTPError) -> str:
-    where = f"{model.model_id} at revision {model.revision} on {model.endpoint or 'https://huggingface.co'}"
-    if isinstance(exc, GatedRepoError):
-        return f"{where} is gated: set HF_TOKEN to a token that was granted access to it"
-    if isinstance(exc, RevisionNotFoundError):
-        return f"{where}: the Hub has no revision {model.revision}"
-    if isinstance(exc, RepositoryNotFoundError):
-        return f"{where}: no such model, or a private one: check the id, or set HF_TOKEN"
-    return f"{where}: download failed: {str(exc).splitlines()[0]}"
 
 
 def model_path() -> str:
@@ -76,7 +86,7 @@ def model_path() -> str:
     envs=[],
     image=bentoml.images.Image(python_version="3.11", lock_python_packages=False).requirements_file("requirements.txt"),
     # BentoML's ASGI tracing opens a span for every streamed chunk, about a fifth of
-    # this process's CPU under load (README, Performance). vLLM's routes skip it; vLLM
+    # this process's CPU under load (docs/performance.md). vLLM's routes skip it; vLLM
     # traces requests itself with --otlp-traces-endpoint (`otlp_traces_endpoint` in the catalog).
     tracing={"excluded_urls": ["/v1/"]},
     labels={"source": "llm-bentos", "catalog-entry": "qwen3-32b"},
@@ -94,6 +104,11 @@ class VLLM:
             raise bentoml.exceptions.BentoMLException(
                 f"model files missing in {path}: {', '.join(missing + ([] if weights else ['*.safetensors weights']))}"
             )
+
+    @bentoml.on_deployment
+    def exit_status_from_worker() -> None:
+        """A worker whose model cannot load, or whose engine died, ends `bentoml serve` with its non-zero status."""
+        exit_with_worker_status()
 
     @bentoml.on_startup
     def start_engine(self) -> None:

@@ -1,0 +1,80 @@
+"""The report of `make bench`: the summary table printed at the end, and the plot.
+
+Reads the runs and the summary of `bench_stats`; measures nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench_stats import METRICS, SIDES, pairs, spread
+
+
+def fmt(s: dict, form: str) -> str:
+    return f"{s['median']:{form}} [{s['min']:{form}} – {s['max']:{form}}]"
+
+
+def key_numbers(result: dict) -> str:
+    """One run at one concurrency, as printed while the benchmark goes."""
+    return (f"{result['output_throughput']:8.1f} output tok/s, TTFT p50 {result['median_ttft_ms']:7.1f} ms "
+            f"p99 {result['p99_ttft_ms']:7.1f} ms, TPOT p50 {result['median_tpot_ms']:6.2f} ms "
+            f"({result['completed']} requests in {result['duration']:.1f}s; server CPU {result['server_cpu_s']:.2f}s; "
+            f"{result['stalled_streams']} stalled streams)")
+
+
+def summary_table(summary: dict, model: str) -> str:
+    columns = [*METRICS.values(), "TTFT p50 Δ ms"]
+    lines = [f"Bento / vLLM for {model}: median over {summary['pairs']} pair(s) [min – max]; "
+             "above 1 means the Bento is higher (better for tok/s, worse for times)",
+             f"{'concurrency':>11}  " + "  ".join(f"{name:>23}" for name in columns)]
+    for c, row in summary["ratios_bento_over_vllm"].items():
+        cells = [fmt(row[m], ".2f") for m in METRICS] + [fmt(row["ttft_p50_delta_ms"], "+.1f")]
+        lines.append(f"{c:>11}  " + "  ".join(f"{cell:>23}" for cell in cells))
+    lines.append(f"{'':>11}  output tok/s ratio, 90% bootstrap interval of the median over the pairs:")
+    for c, row in summary["ratios_bento_over_vllm"].items():
+        low, high = row["output_throughput"]["interval90"]
+        lines.append(f"{c:>11}  {low:.2f} – {high:.2f}")
+    outside = {c: row["ttft_outside_engine_delta_ms"] for c, row in summary["ratios_bento_over_vllm"].items()
+               if "ttft_outside_engine_delta_ms" in row}
+    if outside:
+        lines.append(f"{'':>11}  mean TTFT outside vLLM's engine (client TTFT minus vLLM's own), Bento minus vLLM, ms:")
+        lines += [f"{c:>11}  {fmt(delta, '+.1f')}" for c, delta in outside.items()]
+    lines.append(f"{'':>11}  stalled streams per run (all tokens in one read: the client had waited "
+                 "for a CPU):")
+    for c, row in summary["ratios_bento_over_vllm"].items():
+        stalled = row["stalled_streams"]
+        lines.append(f"{c:>11}  vLLM {stalled['vllm']}  Bento {stalled['bento']}")
+    cold = summary["cold_start_s"]
+    lines.append(f"{'cold start':>11}  {fmt(summary['cold_start_ratio'], '.2f'):>23}   "
+                 f"(vLLM {fmt(cold['vllm'], '.1f')} s, Bento {fmt(cold['bento'], '.1f')} s)")
+    return "\n".join(lines)
+
+
+def plot(runs: list[dict], concurrencies: list[int], path: Path, model: str) -> Path | None:
+    """Output throughput and TTFT p50 against concurrency, both sides: medians with min-max bars."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("plot skipped: matplotlib is not installed in this environment")
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, metric, title in zip(axes, ("output_throughput", "median_ttft_ms"), ("output tokens/s", "TTFT p50 (ms)")):
+        for side, name in zip(SIDES, ("plain vLLM", "Bento")):
+            stats = [spread([r["results"][str(c)][metric] for r in runs if r["side"] == side]) for c in concurrencies]
+            medians = [s["median"] for s in stats]
+            bars = [[s["median"] - s["min"] for s in stats], [s["max"] - s["median"] for s in stats]]
+            ax.errorbar(concurrencies, medians, yerr=bars, marker="o", capsize=4, label=name)
+        ax.set(xscale="log", xlabel="concurrency", title=title)
+        ax.set_xticks(concurrencies, [str(c) for c in concurrencies])
+        ax.minorticks_off()
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{model}: Bento vs plain vLLM (median, min–max over {len(pairs(runs))} pair(s) of runs)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

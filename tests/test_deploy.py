@@ -1,0 +1,99 @@
+"""make deploy and make secret: the printed commands, what bentoml 1.4.39 makes of them, and no secret value anywhere."""
+
+from __future__ import annotations
+
+import os
+import shlex
+
+import pytest
+from bentoml_cli.deployment import convert_env_to_dict, deploy_command
+from bentoml_cli.secret import parse_kvs_argument_callback
+from test_bento import make
+
+import bento
+
+CANARY = "canary_" + os.urandom(8).hex()
+SECRET_VALUES = {"HF_TOKEN": "hf_" + CANARY, "VLLM_API_KEY": CANARY, "BENTO_CLOUD_API_KEY": CANARY}
+
+
+def dry_run(model: str, *args: str) -> list[str]:
+    """The `bentoml deploy` command `make deploy ... DRY_RUN=1` prints, as its arguments."""
+    result = make("deploy", f"MODEL={model}", "DRY_RUN=1", *args, **SECRET_VALUES)
+    assert result.returncode == 0, result.stderr
+    assert CANARY not in result.stdout + result.stderr
+    cd, command = result.stdout.strip().split(" && ")
+    assert cd == f"cd models/{model}"
+    return shlex.split(command)
+
+
+def bentoml_deploy_options(argv: list[str]) -> dict:
+    """What bentoml 1.4.39's own `deploy` command parses from these arguments (nothing is run)."""
+    assert argv[1:3] == ["deploy", "."]
+    with deploy_command.make_context("deploy", argv[2:]) as context:
+        return context.params
+
+
+@pytest.mark.parametrize(
+    "model,secrets",
+    [
+        ("llama3.1-8b-instruct", ("huggingface", "vllm-api-key")),  # gated, one GPU
+        ("llama3.3-70b-instruct", ("huggingface", "vllm-api-key")),  # tensor parallel over 4 GPUs
+        ("qwen2.5-0.5b-instruct-cpu", ("vllm-api-key",)),  # CPU, not gated
+    ],
+)
+def test_deploy_attaches_the_api_key_secret_and_leaves_the_instance_type_to_bentocloud(model, secrets):
+    argv = dry_run(model, "API_KEY_SECRET=vllm-api-key", "SCALING_MIN=1", "SCALING_MAX=3")
+    options = bentoml_deploy_options(argv)
+    assert options["name"] == model and (options["scaling_min"], options["scaling_max"]) == (1, 3)
+    assert options["secret"] == secrets
+    assert options["instance_type"] is None  # BentoCloud infers it from the service's resources
+    assert options["env"] == () and options["access_authorization"] is None
+
+
+def test_instance_type_override_is_passed_through():
+    options = bentoml_deploy_options(dry_run("qwen3-8b", "API_KEY_SECRET=key", "INSTANCE_TYPE=gpu.a100.1x80"))
+    assert options["instance_type"] == "gpu.a100.1x80"
+
+
+def test_deploy_without_an_api_key_is_refused_and_says_how():
+    result = make("deploy", "MODEL=tiny-dev", "DRY_RUN=1", **SECRET_VALUES)
+    assert result.returncode != 0 and result.stdout == ""
+    assert result.stderr.splitlines()[0] == (
+        "A deployment answers anyone who has its URL. Give API_KEY_SECRET=<a BentoCloud secret holding VLLM_API_KEY> "
+        "(create one with `make secret NAME=vllm-api-key KEY=VLLM_API_KEY`), or BENTOCLOUD_AUTH=1 to have BentoCloud "
+        "check callers' API tokens instead."
+    )
+
+
+def test_bentocloud_auth_deploys_with_bentoclouds_access_authorization():
+    options = bentoml_deploy_options(dry_run("tiny-dev", "BENTOCLOUD_AUTH=1"))
+    assert options["access_authorization"] is True and options["secret"] == () and options["env"] == ()
+
+
+def test_deploy_without_login_names_the_login_command(tmp_path):
+    result = make("deploy", "MODEL=tiny-dev", "API_KEY_SECRET=key", BENTOML_HOME=str(tmp_path))
+    assert result.returncode != 0
+    assert "Not logged in to BentoCloud: run `bentoml cloud login`" in result.stderr
+
+
+def test_secret_value_reaches_bentoml_in_a_private_file_never_on_the_command_line(tmp_path):
+    value = CANARY + " with $pace, 'quotes' and = signs"
+    path = bento.write_value_file(tmp_path, "VLLM_API_KEY", value)
+    command = bento.secret_command("vllm-api-key", "VLLM_API_KEY", path)
+    assert command[1:4] == ["secret", "create", "vllm-api-key"] and not any(CANARY in arg for arg in command)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert parse_kvs_argument_callback(None, None, tuple(command[4:])) == [("VLLM_API_KEY", value)]  # as bentoml reads it
+
+
+def test_secret_dry_run_and_logged_out_show_no_value(tmp_path):
+    result = make("secret", "NAME=vllm-api-key", "KEY=VLLM_API_KEY", "DRY_RUN=1", **SECRET_VALUES)
+    assert result.returncode == 0 and CANARY not in result.stdout + result.stderr
+    argv = shlex.split(result.stdout)
+    assert argv[1:4] == ["secret", "create", "vllm-api-key"] and len(argv) == 5
+    assert argv[4].startswith("VLLM_API_KEY=@") and argv[4].endswith("/VLLM_API_KEY")
+
+    result = make("secret", "NAME=vllm-api-key", "KEY=VLLM_API_KEY", BENTOML_HOME=str(tmp_path), VLLM_API_KEY=CANARY)
+    assert result.returncode != 0 and CANARY not in result.stdout + result.stderr
+    assert "Not logged in to BentoCloud" in result.stderr
+
+

@@ -1,0 +1,241 @@
+"""The tiny gateway served for real: tiny-dev, tiny-think (with the LoRA adapter tiny-lora) and
+tiny-embed behind one endpoint, with $VLLM_API_KEY set, driven with the official openai client.
+
+One server for the whole module (it starts three engines). The model services are also
+reached directly, on the unix sockets `bentoml serve` gave them, to compare with vLLM's
+own answers and to read each engine's metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import socket
+import time
+
+import httpx
+import openai
+import psutil
+import pytest
+from conftest import ARTIFACTS, ROOT, SMALL_KV_CACHE_ENV
+from serving import bento_server, free_port
+
+KEY = "sk-gateway-" + os.urandom(6).hex()
+AUTH = {"Authorization": f"Bearer {KEY}"}
+CHAT = [{"role": "user", "content": "Tell me a story about a robot."}]
+CHAT_MODELS = ["tiny-dev", "tiny-think", "tiny-lora"]
+ALL_MODELS = [*CHAT_MODELS, "tiny-embed"]
+HIDDEN_SIZE = 256  # scripts/tiny_model.py
+
+
+@pytest.fixture(scope="module")
+def gateway(bentoml_home):
+    server = bento_server(ROOT / "models" / "tiny-gateway", free_port(), env={"BENTOML_HOME": bentoml_home, "VLLM_API_KEY": KEY, **SMALL_KV_CACHE_ENV},
+                          log_path=ARTIFACTS / "tiny-gateway.server.log")
+    with server:
+        server.wait_ready(timeout=900)
+        yield server
+    assert KEY not in server.log_path.read_text(errors="replace"), "the key must never be logged"
+
+
+@pytest.fixture(scope="module")
+def client(gateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def services(gateway) -> dict[str, httpx.Client]:
+    """A client straight to each model service, on the socket BentoML gave it (BENTOML_RUNNER_MAP)."""
+    workers = psutil.Process(gateway.process.pid).children()
+    runner_map = json.loads(next(w.environ()["BENTOML_RUNNER_MAP"] for w in workers if "BENTOML_RUNNER_MAP" in w.environ()))
+    clients = {
+        name: httpx.Client(transport=httpx.HTTPTransport(uds=url.removeprefix("file://")), base_url="http://model", headers=AUTH, timeout=60)
+        for name, url in runner_map.items() if url.startswith("file://")
+    }
+    yield clients
+    for c in clients.values():
+        c.close()
+
+
+def running_requests(service: httpx.Client) -> float:
+    """vLLM's own num_requests_running gauge on a model service's /metrics."""
+    text = service.get("/metrics").text
+    return sum(float(m) for m in re.findall(r"^vllm:num_requests_running\{[^}]*\} (\S+)$", text, re.M))
+
+
+def greedy(client: openai.OpenAI, model: str) -> openai.types.Completion:
+    return client.completions.create(model=model, prompt="Once upon a time", max_tokens=16, temperature=0, logprobs=1,
+                                     extra_body={"ignore_eos": True})
+
+
+def test_models_lists_every_model_of_every_service(client):
+    assert [m.id for m in client.models.list().data] == ALL_MODELS
+
+
+def test_each_reply_comes_from_the_named_model(client):
+    replies = {model: greedy(client, model) for model in CHAT_MODELS}
+    assert {model: r.model for model, r in replies.items()} == {m: m for m in CHAT_MODELS}
+    # tiny-dev and tiny-think share their weights; the adapter changes the tokens.
+    assert replies["tiny-dev"].choices[0].text == replies["tiny-think"].choices[0].text
+    assert replies["tiny-lora"].choices[0].logprobs.tokens != replies["tiny-think"].choices[0].logprobs.tokens
+    # Only tiny-think's service has a reasoning parser: its reply is reasoning, tiny-dev's is content.
+    think = client.chat.completions.create(model="tiny-think", messages=CHAT, max_tokens=8, temperature=0).choices[0].message
+    dev = client.chat.completions.create(model="tiny-dev", messages=CHAT, max_tokens=8, temperature=0).choices[0].message
+    assert think.model_dump().get("reasoning") and not dev.model_dump().get("reasoning") and dev.content
+
+
+def test_reply_through_the_gateway_equals_the_services_own(client, services):
+    body = {"model": "tiny-lora", "prompt": "Once upon a time", "max_tokens": 16, "temperature": 0, "ignore_eos": True}
+    direct = services["tiny-think"].post("/v1/completions", json=body).json()
+    assert greedy(client, "tiny-lora").choices[0].text == direct["choices"][0]["text"]
+
+
+def test_stream_arrives_chunk_by_chunk(client):
+    started = time.monotonic()
+    arrivals = []
+    stream = client.chat.completions.create(model="tiny-dev", messages=CHAT, max_tokens=128, stream=True,
+                                            extra_body={"ignore_eos": True})
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            arrivals.append(time.monotonic() - started)
+    assert len(arrivals) >= 8
+    # Not buffered: the first text arrives well before the last (128 tokens take a while to generate).
+    assert arrivals[0] < arrivals[-1] / 2, arrivals
+
+
+def test_embeddings_go_to_the_embedding_model(client):
+    result = client.embeddings.create(model="tiny-embed", input=["Robots like tea.", "The capital of France is Paris."])
+    assert result.model == "tiny-embed"
+    assert [len(d.embedding) for d in result.data] == [HIDDEN_SIZE, HIDDEN_SIZE]
+
+
+def test_unknown_model_is_vllms_own_404(gateway, services):
+    body = {"model": "tiny-xl", "messages": CHAT}
+    ours = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers=AUTH)
+    vllms = services["tiny-dev"].post("/v1/chat/completions", json=body)
+    assert ours.status_code == vllms.status_code == 404
+    ours_error, vllm_error = ours.json()["error"], vllms.json()["error"]
+    assert {k: v for k, v in ours_error.items() if k != "message"} == {k: v for k, v in vllm_error.items() if k != "message"}
+    assert ours_error["message"].split(" Valid aliases:")[0] == vllm_error["message"].split(" Valid aliases:")[0]
+    assert ours_error["message"].endswith("Valid aliases: tiny-dev, tiny-think, tiny-lora, tiny-embed.")
+    with pytest.raises(openai.NotFoundError):
+        openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=KEY, max_retries=0).chat.completions.create(model="tiny-xl", messages=CHAT)
+
+
+@pytest.mark.parametrize("body", [{"messages": CHAT}, {"model": None, "messages": CHAT}])
+def test_request_without_model_is_a_400(gateway, body):
+    response = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers=AUTH)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "model" and "`model` is required" in response.json()["error"]["message"]
+
+
+def test_bad_json_is_a_400_and_the_gateway_keeps_serving(gateway, client):
+    response = httpx.post(f"{gateway.url}/v1/chat/completions", content=b"{not json", headers={**AUTH, "content-type": "application/json"})
+    assert response.status_code == 400 and response.json()["error"]["type"] == "BadRequestError"
+    assert greedy(client, "tiny-dev").choices[0].text
+
+
+def test_vllm_routes_beyond_chat(gateway):
+    tokens = httpx.post(f"{gateway.url}/tokenize", json={"model": "tiny-lora", "prompt": "Hello robots"}, headers=AUTH)
+    assert tokens.status_code == 200 and tokens.json()["tokens"]
+    reply = httpx.post(f"{gateway.url}/v1/responses", json={"model": "tiny-dev", "input": "Hello", "max_output_tokens": 4},
+                       headers=AUTH, timeout=60)
+    assert reply.status_code == 200 and reply.json()["model"] == "tiny-dev"
+
+
+def send_request(gateway, path: str, body: dict) -> socket.socket:
+    """An HTTP request on a socket of its own, left open: the test decides when the client goes away."""
+    payload = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", gateway.port))
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {KEY}\r\nContent-Length: {len(payload)}\r\n\r\n")
+    sock.sendall(head.encode() + payload)
+    return sock
+
+
+def wait_for_running(service: httpx.Client, expected: float, timeout: float = 60) -> float:
+    deadline = time.monotonic() + timeout
+    while (running := running_requests(service)) != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return running
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streaming", "not-streaming"])
+def test_client_disconnect_frees_the_engine(gateway, services, stream):
+    body = {"model": "tiny-dev", "messages": CHAT, "max_tokens": 1000, "stream": stream, "ignore_eos": True}
+    sock = send_request(gateway, "/v1/chat/completions", body)
+    try:
+        if stream:
+            assert sock.recv(1024).startswith(b"HTTP/1.1 200")  # the stream has begun
+        assert wait_for_running(services["tiny-dev"], 1) == 1
+    finally:
+        sock.close()  # long before 1000 tokens
+    assert wait_for_running(services["tiny-dev"], 0, timeout=30) == 0
+
+
+def test_32_concurrent_mixed_requests(gateway):
+    client = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=KEY, max_retries=0, timeout=300)
+
+    async def one(i: int) -> tuple[str, str]:
+        model = ALL_MODELS[i % len(ALL_MODELS)]
+        if model == "tiny-embed":
+            return model, (await client.embeddings.create(model=model, input=[f"text {i}"])).model
+        if i % 3 == 0:
+            stream = await client.chat.completions.create(model=model, messages=CHAT, max_tokens=16, stream=True)
+            return model, [chunk.model async for chunk in stream][-1]
+        return model, (await client.completions.create(model=model, prompt=f"Story {i}:", max_tokens=16)).model
+
+    async def all_of_them():
+        try:
+            return await asyncio.gather(*(one(i) for i in range(32)))
+        finally:
+            await client.close()
+
+    results = asyncio.run(all_of_them())
+    assert len(results) == 32 and all(asked == answered for asked, answered in results), results
+
+
+def test_metrics_count_requests_per_model(gateway, client):
+    def count(model: str) -> float:
+        text = httpx.get(f"{gateway.url}/metrics").text
+        found = re.search(rf'^llm_gateway_requests_total\{{model="{model}",status="200"\}} (\S+)$', text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    before = {model: count(model) for model in ("tiny-lora", "tiny-embed")}
+    greedy(client, "tiny-lora")
+    greedy(client, "tiny-lora")
+    client.embeddings.create(model="tiny-embed", input=["one"])
+    assert count("tiny-lora") - before["tiny-lora"] == 2
+    assert count("tiny-embed") - before["tiny-embed"] == 1
+
+
+@pytest.mark.parametrize("path,method", [("/v1/models", "GET"), ("/v1/chat/completions", "POST"), ("/v1/embeddings", "POST")])
+def test_missing_or_wrong_key_is_a_401(gateway, path, method):
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        response = httpx.request(method, gateway.url + path, json={"model": "tiny-dev", "messages": CHAT}, headers=headers)
+        assert response.status_code == 401 and response.json()["error"]["type"] == "AuthenticationError"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="wrong", max_retries=0).models.list()
+
+
+def test_health_metrics_and_chat_page_stay_open(gateway):
+    for path in ("/livez", "/readyz", "/metrics", "/chat"):
+        assert httpx.get(gateway.url + path).status_code == 200, path
+    page = httpx.get(gateway.url + "/chat").text
+    assert '<select id="model"' in page  # the model picker, filled from /v1/models
+
+
+def test_readyz_needs_every_model_service(gateway, services):
+    """Last in the module: it kills tiny-embed's engine."""
+    assert gateway.statuses_seen[-1] == 200 and 503 in gateway.statuses_seen
+    assert httpx.get(gateway.url + "/readyz").status_code == 200
+    embed_worker = next(w for w in psutil.Process(gateway.process.pid).children() if "tiny-embed" in w.cmdline())
+    for engine in embed_worker.children(recursive=True):
+        engine.kill()
+    deadline = time.monotonic() + 30
+    while services["tiny-embed"].get("/readyz").status_code == 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert services["tiny-embed"].get("/readyz").status_code == 503
+    assert httpx.get(gateway.url + "/readyz").status_code == 503
