@@ -186,6 +186,9 @@ def write_value_file(folder: Path, key: str, value: str) -> Path:
 
 def create_secret(name: str, key: str, dry_run: bool) -> int:
     """A BentoCloud secret holding $KEY, read from the environment or asked for without echo."""
+    if not name or not key:
+        print("Give both: make secret NAME=<secret name> KEY=<variable, e.g. VLLM_API_KEY or HF_TOKEN>", file=sys.stderr)
+        return 2
     if dry_run:
         print(shlex.join(secret_command(name, key, Path(tempfile.gettempdir()) / "<private folder>" / key)))
         return 0

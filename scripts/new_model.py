@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(Path(__file__).parent), str(ROOT / "templates")]
 
 import generate  # noqa: E402
-from catalog import CatalogError, load_catalog  # noqa: E402
+from catalog import CatalogError, load_catalog, load_gateways  # noqa: E402
 from gpus import GPU_MEMORY_GB, Fit, engine_quantization, gpu_fit, gpu_problem, smallest_fit  # noqa: E402
 from model_facts import ModelError, ModelFacts, ModelFiles, fetch, read_facts  # noqa: E402
 from parsers import family_of  # noqa: E402
@@ -258,7 +258,7 @@ def checked_catalog(path: Path, new_text: str, name: str) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=path.parent, delete=False) as tmp:
         tmp.write(new_text)
     try:
-        load_catalog(Path(tmp.name))
+        load_gateways(Path(tmp.name), load_catalog(Path(tmp.name)))
     except CatalogError as exc:
         raise ModelError("the new entry would not validate: " + "; ".join(p.split(": ", 1)[-1] for p in exc.problems)) from None
     finally:

@@ -92,6 +92,9 @@ def test_secret_dry_run_and_logged_out_show_no_value(tmp_path):
     assert argv[1:4] == ["secret", "create", "vllm-api-key"] and len(argv) == 5
     assert argv[4].startswith("VLLM_API_KEY=@") and argv[4].endswith("/VLLM_API_KEY")
 
+    result = make("secret", "KEY=VLLM_API_KEY", DRY_RUN="1")
+    assert result.returncode != 0 and result.stderr.startswith("Give both: make secret NAME=<secret name> KEY=")
+
     result = make("secret", "NAME=vllm-api-key", "KEY=VLLM_API_KEY", BENTOML_HOME=str(tmp_path), VLLM_API_KEY=CANARY)
     assert result.returncode != 0 and CANARY not in result.stdout + result.stderr
     assert "Not logged in to BentoCloud" in result.stderr

