@@ -39,7 +39,10 @@ def source_digest(objects: t.Iterable[object]) -> str:
 
 def installed_versions(modules: t.Iterable[str]) -> str:
     """`name version` of the distributions that provide these top-level modules."""
-    providers = importlib.metadata.packages_distributions()
+    try:
+        providers = importlib.metadata.packages_distributions()
+    except Exception:  # only said in a warning: never a reason to stop
+        return "unknown"
     found = []
     for module in modules:
         for dist in providers.get(module, [module]):
