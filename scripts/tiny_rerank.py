@@ -6,7 +6,7 @@ forward pass. Its scores are meaningless (random weights) but deterministic.
 
 What it makes, deterministically:
 
-* a WordPiece tokenizer (vocab 512) trained on tiny_model's corpus, with BERT's
+* a WordPiece tokenizer (at most 512 tokens) of tiny_model's corpus's words and characters, with BERT's
   ``[CLS] query [SEP] document [SEP]`` pair template and token type ids;
 * a 2-layer float32 ``BertForSequenceClassification`` with ``num_labels=1`` (hidden 256,
   4 heads of 64), weights drawn after ``torch.manual_seed(0)``.
@@ -23,24 +23,38 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 MAX_LENGTH = 512
 
 
+def build_vocab() -> dict[str, int]:
+    """WordPiece vocabulary, in a fixed order: specials, the corpus's words, its characters alone and as ``##`` suffixes.
+
+    Made by hand because the tokenizers library's WordPiece trainer orders tokens differently from run to run.
+    """
+    from tokenizers import normalizers, pre_tokenizers
+
+    text = normalizers.BertNormalizer(lowercase=True).normalize_str(tiny_model.CORPUS)
+    words = sorted({word for word, _ in pre_tokenizers.BertPreTokenizer().pre_tokenize_str(text)})
+    chars = sorted(set("".join(words)))
+    tokens = SPECIAL_TOKENS + [w for w in words if len(w) > 1] + chars + ["##" + c for c in chars]
+    return {token: index for index, token in enumerate(tokens[: tiny_model.VOCAB_SIZE])}
+
+
 def build_tokenizer():
-    """Train the WordPiece tokenizer and wrap it as a BERT-style PreTrainedTokenizerFast."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """The WordPiece tokenizer as a BERT-style PreTrainedTokenizerFast (pairs get token type ids)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    vocab = build_vocab()
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=tiny_model.VOCAB_SIZE, special_tokens=SPECIAL_TOKENS, show_progress=False)
-    tok.train_from_iterator([tiny_model.CORPUS] * tiny_model.CORPUS_REPEATS, trainer=trainer)
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
         mask_token="[MASK]", model_max_length=MAX_LENGTH, clean_up_tokenization_spaces=False,
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
     )
 
 
