@@ -73,6 +73,8 @@ NO_EFFECT_SETTINGS = {
     "dp_supervisor_probe_timeout_s": _DP_SUPERVISOR,
     "dp_supervisor_probe_failure_threshold": _DP_SUPERVISOR,
 }
+# Tasks vLLM serves with its pooling runner: embeddings, and cross-encoder scores (/rerank, /score).
+POOLING_TASKS = ("embed", "score")
 
 
 class CatalogError(Exception):
@@ -234,7 +236,9 @@ class Entry(Strict):
             "fp8 where relevant); with it, the GPU-fit check counts one full max_model_len sequence"
         ),
     )
-    task: t.Literal["generate", "embed"] = "generate"
+    task: t.Literal["generate", "embed", "score"] = Field(
+        "generate", description="generate: chat and completions; embed: /v1/embeddings; score: a cross-encoder on /rerank and /score"
+    )
     engine: dict[str, t.Any] = Field(default_factory=dict, description="vLLM EngineArgs, by field name")
     server: dict[str, t.Any] = Field(default_factory=dict, description="vLLM OpenAI FrontendArgs, by field name")
     resources: Resources = Field(default_factory=Resources)
@@ -294,6 +298,11 @@ class Entry(Strict):
         if len(set(names)) != len(names) or self.served_model_name in names:
             raise ValueError("lora_adapters: names must differ from each other and from the served model name")
         return self
+
+    @property
+    def accepts_images(self) -> bool:
+        """A vision-language entry: it allows images per prompt (engine.limit_mm_per_prompt)."""
+        return bool((self.engine.get("limit_mm_per_prompt") or {}).get("image"))
 
     @property
     def on_gpu(self) -> bool:
@@ -399,7 +408,7 @@ def vllm_parser_problems(entry: Entry) -> list[str]:
 def entry_engine_config(entry: Entry) -> dict[str, t.Any]:
     """The flags the service passes to vLLM: engine and server arguments, and the served name."""
     config: dict[str, t.Any] = {"served_model_name": entry.served_model_name}
-    if entry.task == "embed":
+    if entry.task in POOLING_TASKS:
         config["runner"] = "pooling"
     if entry.lora_adapters:
         config["enable_lora"] = True  # the adapters' paths are added as --lora-modules at start

@@ -26,7 +26,7 @@ sys.path[:0] = [str(Path(__file__).parent), str(TEMPLATES)]
 from catalog import (  # noqa: E402
     CatalogError, Entry, Gateway, entry_engine_config, json_schema, load_catalog, load_gateways, served_names, service_module,
 )
-from gpus import GPU_MEMORY_GB  # noqa: E402
+from gpus import GPU_MEMORY_GB, weight_bytes_per_param  # noqa: E402
 from lock import LOCKS, VLLM, Lock, read_lock  # noqa: E402
 from pyrepr import pyrepr  # noqa: E402
 
@@ -34,7 +34,7 @@ MARKER = ".llm-bentos-generated"
 # The Python that constraints.txt was locked and tested with: the Bento's image and each folder's README.
 PYTHON_VERSION = "3.11"
 # Copied verbatim into each folder: plain Python the generator and the tests import too.
-VERBATIM_FILES = ("vllm_openai.py", "supervisor.py", "patches.py", "web.py", "chat.html")
+VERBATIM_FILES = ("vllm_openai.py", "supervisor.py", "patches.py", "hub_model.py", "web.py", "chat.html")
 TABLE_START, TABLE_END = "<!-- models:start -->", "<!-- models:end -->"
 # Rendered template -> file name in each model folder.
 FOLDER_TEMPLATES = {
@@ -73,6 +73,27 @@ def hardware(entry: Entry) -> str:
     return "CPU" + (f", {res.cpu} cores" if res.cpu else "") + (f", {res.memory} memory" if res.memory else "")
 
 
+def download_gb(entry: Entry) -> float | None:
+    """The weights' size in GB as the checkpoint stores them (what a cold start downloads); None from the model store."""
+    if not entry.model.id:
+        return None
+    return entry.params_billion * weight_bytes_per_param(entry.engine.get("dtype", "auto"), entry.engine.get("quantization"))
+
+
+def cold_start(entry: Entry) -> str:
+    """What a first start costs, in words: what was measured here, and what was not."""
+    if not entry.model.id:
+        return "about a minute on 2 CPU cores (measured here: the tiny models are ready in 50-90 s)"
+    minutes = download_gb(entry) * 8 / 60  # at 1 Gbit/s
+    load = (
+        "then loading the weights and vLLM's start (torch.compile and CUDA-graph capture), typically one to a few "
+        "minutes more; not measured here (no GPU)"
+        if entry.on_gpu
+        else "then loading the weights on the CPU, about a minute; not measured here"
+    )
+    return f"downloading about {download_gb(entry):.1f} GB (about {max(minutes, 0.1):.1f} min at 1 Gbit/s; cached after the first start), {load}"
+
+
 def service_resources(entry: Entry) -> dict:
     return entry.resources.model_dump(exclude_none=True, exclude={"gpu"} if not entry.on_gpu else set())
 
@@ -102,6 +123,9 @@ def render_folder(entry: Entry, env: jinja2.Environment, constraints: dict[str, 
         "python_version": PYTHON_VERSION,
         "hardware": hardware(entry),
         "memory_fit": entry.gpu_fit.explain() if entry.gpu_fit else None,
+        "download_gb": download_gb(entry),
+        "cold_start": cold_start(entry),
+        "accepts_images": entry.accepts_images,
         "hub_models": bool(entry.model.id or any(a.id for a in entry.lora_adapters)),
         "tool_parser": entry.server.get("tool_call_parser"),
         "reasoning_parser": entry.engine.get("reasoning_parser"),
@@ -145,16 +169,35 @@ def render_gateway(gateway: Gateway, entries: dict[str, Entry], env: jinja2.Envi
 
 
 def model_table(entries: list[Entry]) -> str:
-    rows = ["| model | served as | hardware | task | features |", "| --- | --- | --- | --- | --- |"]
+    """The root README's table: what each entry serves, on which GPUs, with how much memory."""
+    rows = [
+        "| model | served as | hardware | memory: weights + KV at max length | context | task | features |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for e in entries:
-        features = [f"tools ({e.server['tool_call_parser']})"] if e.server.get("tool_call_parser") else []
-        features += [f"reasoning ({e.engine['reasoning_parser']})"] if e.engine.get("reasoning_parser") else []
-        features += [e.engine["quantization"]] if e.engine.get("quantization") else []
-        features += ["needs HF_TOKEN"] if "HF_TOKEN" in e.envs else []
         rows.append(
-            f"| [{e.name}](models/{e.name}/) | `{e.served_model_name}` | {hardware(e)} | {e.task} | {', '.join(features) or '-'} |"
+            f"| [{e.name}](models/{e.name}/) | `{e.served_model_name}` | {hardware(e)} | {memory_cell(e)} "
+            f"| {e.engine.get('max_model_len', 'model default')} | {e.task} | {', '.join(features(e)) or '-'} |"
         )
     return "\n".join(rows)
+
+
+def memory_cell(entry: Entry) -> str:
+    fit = entry.gpu_fit
+    if fit is None:
+        return "-"
+    kv = f" + {fit.kv_gb:.1f}" if fit.kv_gb is not None else ""
+    return f"{fit.weights_gb:.1f}{kv} GB of {fit.usable_gb:.0f} GB"
+
+
+def features(entry: Entry) -> list[str]:
+    found = [f"tools ({entry.server['tool_call_parser']})"] if entry.server.get("tool_call_parser") else []
+    found += [f"reasoning ({entry.engine['reasoning_parser']})"] if entry.engine.get("reasoning_parser") else []
+    found += ["images"] if entry.accepts_images else []
+    found += [entry.engine["quantization"]] if entry.engine.get("quantization") else []
+    found += [f"tensor parallel {entry.engine['tensor_parallel_size']}"] if entry.engine.get("tensor_parallel_size", 1) > 1 else []
+    found += ["needs HF_TOKEN"] if "HF_TOKEN" in entry.envs else []
+    return found
 
 
 def with_table(readme: str, table: str) -> str:

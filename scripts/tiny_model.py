@@ -15,7 +15,8 @@ What it makes, deterministically (the same command writes byte-identical files):
 
 Usage:
 
-    python scripts/tiny_model.py                    # import into the BentoML store as DEFAULT_TAG
+    python scripts/tiny_model.py                    # import into the BentoML store as DEFAULT_TAG, with the
+                                                    # LoRA adapter, tiny_vl's and tiny_rerank's models
     python scripts/tiny_model.py --tag NAME:VERSION # ... under another tag
     python scripts/tiny_model.py --out DIR          # write the Hugging Face folder to DIR
     python scripts/tiny_model.py --hf-cache DIR --repo-id ORG/NAME --revision SHA
@@ -111,8 +112,11 @@ CHAT_TEMPLATE = """\
 """
 
 
-def build_tokenizer():
-    """Train the byte-level BPE tokenizer and wrap it as a PreTrainedTokenizerFast."""
+def build_tokenizer(extra_special_tokens: tuple[str, ...] = (), chat_template: str = CHAT_TEMPLATE):
+    """Train the byte-level BPE tokenizer and wrap it as a PreTrainedTokenizerFast.
+
+    `extra_special_tokens` (a vision model's image markers) take places in the same 512-token vocabulary.
+    """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -121,7 +125,7 @@ def build_tokenizer():
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE - len(ADDED_TOKENS),
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=SPECIAL_TOKENS + list(extra_special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -135,7 +139,7 @@ def build_tokenizer():
         bos_token=BOS,
         eos_token=EOT,
         pad_token=PAD,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=chat_template,
         model_max_length=2048,
         clean_up_tokenization_spaces=False,
     )
@@ -191,6 +195,11 @@ def save_hf_folder(out_dir: Path) -> Path:
     model = build_model(tokenizer)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
+    return finish_folder(out_dir)
+
+
+def finish_folder(out_dir: Path) -> Path:
+    """The touches every tiny model folder gets after save_pretrained."""
     _edit_json(out_dir / "config.json", dtype="float32", torch_dtype="float32")
     # transformers 5 writes its own class name; this one loads under transformers 4 and 5 alike.
     _edit_json(out_dir / "tokenizer_config.json", tokenizer_class="PreTrainedTokenizerFast")
@@ -292,9 +301,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"building the tiny model into {args.out} ...")
         print(f"wrote {save_hf_folder(args.out)}")
     else:
+        import tiny_rerank
+        import tiny_vl
+
         print(f"putting the tiny model into the BentoML model store as {args.tag} ...")
         import_to_bentoml_store(args.tag)
         import_to_bentoml_store(DEFAULT_LORA_TAG, save_lora_adapter, "LoRA adapter for the tiny model")
+        import_to_bentoml_store(tiny_vl.TAG, tiny_vl.save_hf_folder, "tiny random Idefics3 vision-language model")
+        import_to_bentoml_store(tiny_rerank.TAG, tiny_rerank.save_hf_folder, "tiny random BERT reranker")
     return 0
 
 

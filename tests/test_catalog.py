@@ -42,7 +42,7 @@ FIELD_CASES = [
     (("engine", "dtype"), "bfloat17", "vllm serve rejects it: argument --dtype: invalid choice", "float16"),
     (("server", "tool_call_parser"), "hermez", "did you mean 'hermes'", "hermes"),
     (("engine", "reasoning_parser"), "qwen4", "not a reasoning parser vLLM knows", "qwen3"),
-    (("task",), "classify", "input should be 'generate' or 'embed'", "embed"),
+    (("task",), "classify", "input should be 'generate', 'embed' or 'score'", "embed"),
 ]
 
 

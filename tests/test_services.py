@@ -57,7 +57,7 @@ def test_service_imports_alone_and_matches_catalog(tmp_path, name):
     assert report["envs"] == [{"name": n, "value": ""} for n in entry.envs]
     assert report["engine"]["served_model_name"] == entry.served_model_name
     assert report["engine"].items() >= entry.engine.items()
-    assert report["apis"] == (["embed"] if entry.task == "embed" else ["generate"])
+    assert report["apis"] == {"generate": ["generate"], "embed": ["embed"], "score": []}[entry.task]
     source = entry.model.bentoml_tag or entry.model.id
     assert any(source in m for m in report["models"])
 

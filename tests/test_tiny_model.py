@@ -142,3 +142,19 @@ def test_hf_cache_resolves_offline(tmp_path):
 def test_hf_cache_wants_a_commit_sha(tmp_path):
     with pytest.raises(ValueError, match="commit hash"):
         tiny_model.place_in_hf_cache(tmp_path, "llm-bentos/tiny-dev", "main")
+
+
+@pytest.mark.parametrize("module", ["tiny_vl", "tiny_rerank"])
+def test_vision_and_reranker_builds_are_byte_identical_and_servable_shaped(tmp_path, module):
+    builder = __import__(module)
+    first, second = builder.save_hf_folder(tmp_path / "first"), builder.save_hf_folder(tmp_path / "second")
+    assert file_hashes(first) == file_hashes(second)
+    config = json.loads((first / "config.json").read_text())
+    text = config.get("text_config", config)
+    assert text["hidden_size"] // text["num_attention_heads"] >= 64  # vLLM's CPU attention
+    if module == "tiny_vl":
+        assert config["architectures"] == ["Idefics3ForConditionalGeneration"]
+        tokenizer = json.loads((first / "tokenizer_config.json").read_text())
+        assert (first / "processor_config.json").is_file() and tokenizer["tokenizer_class"] == "PreTrainedTokenizerFast"
+    else:
+        assert config["architectures"] == ["BertForSequenceClassification"] and config["id2label"] == {"0": "LABEL_0"}
