@@ -234,7 +234,8 @@ class OpenAIServer:
         if self.app is None and not self._task.done():
             # vLLM is still starting, in a thread that nothing interrupts: waiting for it
             # would hold the stop for minutes, or for ever once its engine processes are stopped.
-            logger.warning("Stopped while vLLM was still starting: this worker exits without waiting for it.")
+            logger.warning("Stopped while vLLM was still starting: this worker ends its engine processes and exits.")
+            kill_child_processes()
             exit_now(0)
         await self._task
 
@@ -296,6 +297,15 @@ class OpenAIServer:
                     watch.cancel()
         finally:
             engine.shutdown()
+
+
+def kill_child_processes() -> None:
+    """SIGKILL every process this one started (vLLM's engine processes), children first."""
+    import psutil
+
+    for process in reversed(psutil.Process().children(recursive=True)):
+        with contextlib.suppress(psutil.Error):
+            process.kill()
 
 
 def failure_text(exc: BaseException) -> str:
