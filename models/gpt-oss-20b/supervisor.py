@@ -80,7 +80,7 @@ def _exit_with_recorded_status(path: Path) -> None:
         return
     record = json.loads(text)
     logger.error("bentoml serve exits with status %d: %s", record["status"], record["reason"])
-    _flush_and_exit(record["status"])
+    exit_now(record["status"])
 
 
 # In the worker.
@@ -91,7 +91,7 @@ def end_server(status: int, reason: str) -> None:
     supervisor, path = bentoml_supervisor()
     if supervisor is None:
         logger.error("%s. Not started by `bentoml serve`: this process exits with status %d.", reason, status)
-        _flush_and_exit(status)
+        exit_now(status)
     _record_exit_status(path, status, reason)
     logger.info("Stopping `bentoml serve` (pid %d) with SIGTERM; it exits with status %d.", supervisor.pid, status)
     supervisor.send_signal(signal.SIGTERM)
@@ -131,10 +131,11 @@ def _end_after_grace(supervisor, status: int) -> None:
     logger.error("`bentoml serve` did not stop this worker within %.0f s: killing it", WORKER_STOP_GRACE_S)
     with contextlib.suppress(psutil.Error):
         supervisor.kill()  # a PID 1 supervisor ignores this; it exits once this worker is gone
-    _flush_and_exit(status)
+    exit_now(status)
 
 
-def _flush_and_exit(status: int) -> typing.NoReturn:
+def exit_now(status: int) -> typing.NoReturn:
+    """End this process at once, its log written out."""
     logging.shutdown()  # flushes every handler; os._exit skips the exit handlers that would
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
