@@ -83,7 +83,7 @@ def download_gb(entry: Entry) -> float | None:
 def cold_start(entry: Entry) -> str:
     """What a first start costs, in words: what was measured here, and what was not."""
     if not entry.model.id:
-        return "about a minute on 2 CPU cores (measured here: the tiny models are ready in 50-90 s)"
+        return "about a minute on 2 idle CPU cores (tiny-dev measured here: about 50 s; 3-4 min while the machine was busy)"
     minutes = download_gb(entry) * 8 / 60  # at 1 Gbit/s
     load = (
         "then loading the weights and vLLM's start (torch.compile and CUDA-graph capture), typically one to a few "

@@ -42,12 +42,20 @@ def test_rerank_scores_every_document_best_first_as_score_does(rerank_url):
     assert in_order == pytest.approx([by_index[i] for i in range(len(DOCUMENTS))], abs=1e-5)
 
 
-def test_top_n_and_the_v1_route(rerank_url):
+@pytest.mark.parametrize("path", ["/v1/rerank", "/v2/rerank"])
+def test_top_n_on_the_versioned_rerank_routes(rerank_url, path):
     best = post(rerank_url, "/rerank", {"query": QUERY, "documents": DOCUMENTS}).json()["results"][0]
-    top = post(rerank_url, "/v1/rerank", {"query": QUERY, "documents": DOCUMENTS, "top_n": 1})
+    top = post(rerank_url, path, {"query": QUERY, "documents": DOCUMENTS, "top_n": 1})
     assert top.status_code == 200, top.text
     assert [r["index"] for r in top.json()["results"]] == [best["index"]]
     assert top.json()["results"][0]["relevance_score"] == pytest.approx(best["relevance_score"], abs=1e-5)
+
+
+def test_v1_score_matches_score(rerank_url):
+    body = {"queries": QUERY, "documents": DOCUMENTS[:2]}
+    plain, versioned = post(rerank_url, "/score", body), post(rerank_url, "/v1/score", body)
+    assert plain.status_code == versioned.status_code == 200, versioned.text
+    assert [d["score"] for d in versioned.json()["data"]] == pytest.approx([d["score"] for d in plain.json()["data"]], abs=1e-6)
 
 
 def test_bad_requests_get_400_and_the_server_keeps_serving(rerank_url):
