@@ -9,6 +9,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 import typing as t
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from openai import OpenAI
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "templates")]
 
-from serving import ServerProcess, bento_server, free_port  # noqa: E402
+from serving import ServerProcess, bento_server, end_all, free_port  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -66,14 +67,28 @@ def bentoml_home(tmp_path_factory) -> str:
     return str(home)
 
 
+def folder_server(folder: Path, name: str, env: dict[str, str] | None = None, target: str = ".",
+                  pid_namespace: bool = False) -> ServerProcess:
+    """`bentoml serve` of a model folder (or of a built Bento's tag given as `target`), not started
+    yet, on a free port, its log in tests/artifacts/<name>.server.log; as PID 1 of a new PID
+    namespace with `pid_namespace=True`, as BentoML's container image runs it."""
+    return bento_server(folder, free_port(), env=env, log_path=ARTIFACTS / f"{name}.server.log", target=target,
+                        pid_namespace=pid_namespace)
+
+
 @contextlib.contextmanager
 def serve_folder(folder: Path, name: str, env: dict[str, str] | None = None, target: str = ".",
-                 ready: bool = True, timeout: float = 300) -> Iterator[ServerProcess]:
-    """`bentoml serve` of a model folder (or of a built Bento's tag given as `target`), its log
-    in tests/artifacts/<name>.server.log; ready unless `ready=False`. On leaving, the server
-    is stopped and every process it started must be gone, the BentoML worker (in a session of
-    its own) and vLLM's engine included."""
-    server = bento_server(folder, free_port(), env=env, log_path=ARTIFACTS / f"{name}.server.log", target=target)
+                 ready: bool = True, timeout: float = 300, pid_namespace: bool = False) -> Iterator[ServerProcess]:
+    """`folder_server(...)` started, and ready unless `ready=False`; see `served`."""
+    with served(folder_server(folder, name, env, target, pid_namespace), ready, timeout) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def served(server: ServerProcess, ready: bool = True, timeout: float = 300) -> Iterator[ServerProcess]:
+    """A server started, and ready unless `ready=False`. On leaving, the server is stopped and
+    every process it started must be gone, the BentoML worker (in a session of its own) and
+    vLLM's engine included."""
     family = []
     try:
         with server:
@@ -84,6 +99,52 @@ def serve_folder(folder: Path, name: str, env: dict[str, str] | None = None, tar
     finally:
         left = [p for p in family if still_running(p)]
         assert not left, f"still running after the server stopped: {[(p.pid, p.name()) for p in left]}"
+
+
+@dataclass
+class Exit:
+    """How a server that was left to exit by itself ended."""
+
+    code: int | None  # None: still running at the timeout (then stopped)
+    ended_at: float  # time.monotonic() when it exited, or at the timeout
+    log: str
+    commands: list[str]  # the command lines of every process seen below it while it ran
+
+
+def run_until_exit(server: ServerProcess, timeout: float, each_poll: t.Callable[[], None] = lambda: None,
+                   grace: float = 10) -> Exit:
+    """Start `server` and wait until it exits by itself, calling `each_poll()` meanwhile. Every
+    process seen below it must be gone within `grace` seconds of its exit (as orphans they are
+    out of reach of the server's own stop)."""
+    seen: dict[int, tuple[psutil.Process, str]] = {}
+
+    def alive() -> list[psutil.Process]:
+        return [p for p, _ in seen.values() if still_running(p)]
+
+    with server:
+        deadline = time.monotonic() + timeout
+        while server.process.poll() is None and time.monotonic() < deadline:
+            seen.update(command_lines(server.descendants()))
+            each_poll()
+            time.sleep(0.1)
+        code, ended_at = server.process.poll(), time.monotonic()
+        if code is not None:  # its orphans are out of reach of its stop: they must end by themselves
+            psutil.wait_procs(alive(), timeout=grace)
+            left = alive()
+    left = alive() if code is None else left  # at the timeout it was stopped: all must be gone now
+    end_all(left, grace=5)
+    assert not left, f"processes left behind: {[cmd for p, cmd in seen.values() if p in left]}"
+    return Exit(code, ended_at, server.log_path.read_text(errors="replace"), [cmd for _, cmd in seen.values()])
+
+
+def command_lines(processes: list[psutil.Process]) -> dict[int, tuple[psutil.Process, str]]:
+    found = {}
+    for process in processes:
+        try:
+            found[process.pid] = process, " ".join(process.cmdline())
+        except psutil.Error:
+            pass
+    return found
 
 
 def still_running(process: psutil.Process) -> bool:

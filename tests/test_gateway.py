@@ -19,8 +19,7 @@ import httpx
 import openai
 import psutil
 import pytest
-from conftest import ARTIFACTS, ROOT, SMALL_KV_CACHE_ENV
-from serving import bento_server, free_port
+from conftest import ROOT, SMALL_KV_CACHE_ENV, serve_folder
 
 KEY = "sk-gateway-" + os.urandom(6).hex()
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -32,10 +31,8 @@ HIDDEN_SIZE = 256  # scripts/tiny_model.py
 
 @pytest.fixture(scope="module")
 def gateway(bentoml_home):
-    server = bento_server(ROOT / "models" / "tiny-gateway", free_port(), env={"BENTOML_HOME": bentoml_home, "VLLM_API_KEY": KEY, **SMALL_KV_CACHE_ENV},
-                          log_path=ARTIFACTS / "tiny-gateway.server.log")
-    with server:
-        server.wait_ready(timeout=900)
+    env = {"BENTOML_HOME": bentoml_home, "VLLM_API_KEY": KEY, **SMALL_KV_CACHE_ENV}
+    with serve_folder(ROOT / "models" / "tiny-gateway", "tiny-gateway", env=env, timeout=900) as server:
         yield server
     assert KEY not in server.log_path.read_text(errors="replace"), "the key must never be logged"
 

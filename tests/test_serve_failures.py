@@ -21,8 +21,8 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import ARTIFACTS, ROOT
-from serving import BIN, ServerProcess, bento_server, free_port, http_status
+from conftest import ARTIFACTS, ROOT, folder_server, run_until_exit, serve_folder
+from serving import BIN, ServerProcess, free_port, http_status
 
 TINY_DEV = ROOT / "models" / "tiny-dev"
 LAUNCHES = {"child": False, "pid1": True}  # pid_namespace for each way of starting the server
@@ -94,27 +94,25 @@ class Ending:
     probes_after_failure: list[tuple[str, int | None]] = field(default_factory=list)
 
 
-def run_until_exit(server: ServerProcess, marker: str | None = None, timeout: float = 240) -> Ending:
+def serve_with_probes(server: ServerProcess, marker: str | None = None, timeout: float = 240) -> Ending:
     """Start `server`, note when `marker` shows in its log, and wait for it to exit by itself."""
-    failed_at = None
-    with server, ProbeWatch(server.url) as probes:
-        deadline = time.monotonic() + timeout
-        while server.process.poll() is None and time.monotonic() < deadline:
-            if marker and failed_at is None and marker in server.log_path.read_text(errors="replace"):
-                failed_at = time.monotonic()
-            time.sleep(0.1)
-        code = server.process.poll()
-        ended_at = time.monotonic()
-    log = server.log_path.read_text(errors="replace")
-    if failed_at is None:
-        return Ending(code, log)
-    return Ending(code, log, failed_at - server.started_at, ended_at - failed_at, probes.since(failed_at))
+    failed_at = []
+
+    def note_failure() -> None:
+        if marker and not failed_at and marker in server.log_path.read_text(errors="replace"):
+            failed_at.append(time.monotonic())
+
+    with ProbeWatch(server.url) as probes:
+        ended = run_until_exit(server, timeout, each_poll=note_failure)
+    if not failed_at:
+        return Ending(ended.code, ended.log)
+    return Ending(ended.code, ended.log, failed_at[0] - server.started_at, ended.ended_at - failed_at[0],
+                  probes.since(failed_at[0]))
 
 
 def serve_until_exit(env: dict[str, str], name: str, *, folder: Path = TINY_DEV, pid_namespace: bool = False,
                      marker: str | None = None, timeout: float = 240) -> Ending:
-    server = bento_server(folder, free_port(), env=env, log_path=ARTIFACTS / f"{name}.log", pid_namespace=pid_namespace)
-    return run_until_exit(server, marker, timeout)
+    return serve_with_probes(folder_server(folder, name, env=env, pid_namespace=pid_namespace), marker, timeout)
 
 
 def assert_ended_for(ending: Ending, status: int, reason: str) -> None:
@@ -203,7 +201,7 @@ def test_built_bento_started_as_its_container_starts_it_exits(tmp_path, bentoml_
         cwd=bento, env={**bento_env(home), "BENTO_PATH": str(bento), "BENTOML_CONTAINERIZED": "true"},
         log_path=ARTIFACTS / "built-bento-container-pid1.log", pid_namespace=True,
     )
-    ending = run_until_exit(server, marker=START_FAILED)
+    ending = serve_with_probes(server, marker=START_FAILED)
     assert_ended_for(ending, 3, f"{START_FAILED}: ValidationError")
     assert "max_model_len (4096) is greater than the derived max_model_len" in ending.log
 
@@ -236,12 +234,10 @@ def test_engine_killed_mid_stream_ends_requests_probes_and_server_as_pid_1(bento
 
     (As an ordinary child the worker signals its parent the same way, as the failed starts above show.)
     """
-    server = bento_server(TINY_DEV, free_port(), env={"BENTOML_HOME": bentoml_home},
-                          log_path=ARTIFACTS / "engine-death-pid1.log", pid_namespace=True)
     request = {"model": "tiny-dev", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 900,
                "ignore_eos": True, "stream": True}
-    with server:
-        server.wait_ready(timeout=600)
+    with serve_folder(TINY_DEV, "engine-death-pid1", env={"BENTOML_HOME": bentoml_home}, timeout=600,
+                      pid_namespace=True) as server:
         with ProbeWatch(server.url) as probes, httpx.Client(base_url=server.url, timeout=60) as client:
             with client.stream("POST", "/v1/chat/completions", json=request) as response:
                 assert response.status_code == 200

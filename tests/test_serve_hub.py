@@ -15,9 +15,8 @@ from pathlib import Path
 import generate
 import pytest
 import yaml
-from conftest import ARTIFACTS, GATED_REPO, ROOT, last_entry, make_new
+from conftest import GATED_REPO, ROOT, folder_server, last_entry, make_new, run_until_exit, serve_folder
 from openai import OpenAI
-from serving import bento_server, free_port
 
 MISSING_REVISION = "0" * 40
 
@@ -39,9 +38,8 @@ def serve_env(local_hub, tmp_path: Path, token: bool) -> dict[str, str]:
 
 
 def serve_until_exit(folder: Path, env: dict[str, str], name: str) -> tuple[int | None, str]:
-    with bento_server(folder, free_port(), env=env, log_path=ARTIFACTS / f"{name}.log") as server:
-        code = server.wait_exit(timeout=300)
-    return code, server.log_path.read_text(errors="replace")
+    ended = run_until_exit(folder_server(folder, name, env=env), timeout=300)
+    return ended.code, ended.log
 
 
 def test_make_new_pins_the_commit_the_hub_resolved_and_marks_the_gated_model(local_hub, gated_entry):
@@ -55,9 +53,7 @@ def test_make_new_pins_the_commit_the_hub_resolved_and_marks_the_gated_model(loc
 def test_first_serve_downloads_the_pinned_revision_and_answers_a_chat(local_hub, gated_entry, tmp_path):
     catalog, entry = gated_entry
     env = serve_env(local_hub, tmp_path, token=True)
-    with bento_server(catalog.parent / "models" / "tiny-gated", free_port(), env=env,
-                      log_path=ARTIFACTS / "hub-download.server.log") as server:
-        server.wait_ready(timeout=600)
+    with serve_folder(catalog.parent / "models" / "tiny-gated", "hub-download", env=env, timeout=600) as server:
         client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
         reply = client.chat.completions.create(
             model=GATED_REPO, messages=[{"role": "user", "content": "Hi"}], max_tokens=5, extra_body={"ignore_eos": True}
