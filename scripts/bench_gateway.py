@@ -14,7 +14,9 @@ The load is bench.py's: vLLM's own serving benchmark (random prompts, fixed seed
 ignore_eos, greedy, /v1/completions) at each concurrency, after the cold start. It prints
 gateway / service ratios (median over the pairs, [min - max]) and writes the raw results
 as bench/results/<model>-gateway-<UTC time>.json. Server CPU is that of the BentoML
-workers: the model service's alone, against the gateway's and the model service's.
+workers over the measured requests: the model service's alone, against the gateway's and
+the model service's. Measuring, statistics and table are bench_run's, bench_stats' and
+bench_report's, with these two sides; this module only makes the sides.
 """
 
 from __future__ import annotations
@@ -26,13 +28,12 @@ from pathlib import Path
 
 import psutil
 
-import bench_client
 import bench_report
 import bench_run
 import bench_stats
 import generate
 from catalog import Entry, Gateway
-from serving import ServerProcess, bento_server, free_port
+from serving import bento_server, free_port
 
 SIDES = ("service", "gateway")
 BENCH_GATEWAY = "bench-gateway"
@@ -49,62 +50,16 @@ def write_gateway_folder(entry: Entry, folder: Path) -> Path:
     return folder
 
 
-def bento_workers(server: ServerProcess) -> list[psutil.Process]:
-    root = psutil.Process(server.process.pid)
-    return [p for p in root.children(recursive=True) if "_bentoml_impl.worker.service" in " ".join(p.cmdline())]
+def gateway_sides(entry: Entry, work: Path) -> list[bench_run.Side]:
+    """The model's own folder, then a gateway of that one model; every BentoML worker serves HTTP."""
+    folders = {"service": bench_run.ROOT / "models" / entry.name, "gateway": write_gateway_folder(entry, work / BENCH_GATEWAY)}
 
+    def side(name: str) -> bench_run.Side:
+        return bench_run.Side(name, f"bentoml serve {folders[name]}",
+                              lambda log: bento_server(folders[name], free_port(), env=bench_run.SERVER_ENV, log_path=log),
+                              bench_run.bento_workers)
 
-def measure_side(side: str, pair: int, entry: Entry, folder: Path, tokenizer: str, args: argparse.Namespace,
-                 work: Path) -> dict:
-    """Start one server, take its cold start, run the load at each concurrency, stop it."""
-    label = f"[{side:7} {pair}/{args.runs}]"
-    print(f"{label} starting bentoml serve {folder}", flush=True)
-    server = bento_server(folder, free_port(), env=bench_run.SERVER_ENV, log_path=work / f"{side}-{pair}.server.log")
-    with server:
-        cold_start = bench_run.first_completion(server, entry.served_model_name)
-        print(f"{label} cold start {cold_start:.1f}s (process start to first completion)", flush=True)
-        workers = bento_workers(server)
-        results = {}
-        for c in args.concurrency:
-            result_path = work / f"{side}-{pair}-c{c}.json"
-            flags = bench_run.client_flags(server, entry.served_model_name, tokenizer, c, args, result_path)
-            cpu_before = sum(map(bench_client.cpu_seconds, workers))
-            results[str(c)] = result = bench_run.run_benchmark_client(flags, c, workers[0].pid, result_path)
-            result["server_cpu_s"] = sum(map(bench_client.cpu_seconds, workers)) - cpu_before
-            print(f"{label} concurrency {c:3}: {bench_report.key_numbers(result)}", flush=True)
-    print(f"{label} stopped", flush=True)
-    return {"side": side, "pair": pair, "cold_start_s": cold_start, "workers": len(workers), "results": results}
-
-
-def summarize(runs: list[dict], concurrencies: list[int]) -> dict:
-    """Gateway / service per pair, then median and min-max over the pairs."""
-    by_side = {side: sorted((r for r in runs if r["side"] == side), key=lambda r: r["pair"]) for side in SIDES}
-    both = list(zip(by_side["service"], by_side["gateway"]))
-    per_concurrency = {}
-    for c in map(str, concurrencies):
-        row = {m: bench_stats.spread([bench_stats.ratio(g["results"][c][m], s["results"][c][m]) for s, g in both]) for m in bench_stats.METRICS}
-        row["ttft_p50_delta_ms"] = bench_stats.spread(
-            [g["results"][c]["median_ttft_ms"] - s["results"][c]["median_ttft_ms"] for s, g in both])
-        row["output_throughput"]["interval90"] = bench_stats.median_interval(row["output_throughput"]["values"])
-        per_concurrency[c] = row
-    return {"pairs": len(both), "ratios_gateway_over_service": per_concurrency,
-            "cold_start_ratio": bench_stats.spread([bench_stats.ratio(g["cold_start_s"], s["cold_start_s"]) for s, g in both])}
-
-
-def summary_table(summary: dict, model: str) -> str:
-    columns = [*bench_stats.METRICS.values(), "TTFT p50 Δ ms"]
-    lines = [f"gateway / service for {model}: median over {summary['pairs']} pair(s) [min – max]; "
-             "above 1 means the gateway is higher (better for tok/s, worse for times)",
-             f"{'concurrency':>11}  " + "  ".join(f"{name:>23}" for name in columns)]
-    for c, row in summary["ratios_gateway_over_service"].items():
-        cells = [bench_report.fmt(row[m], ".2f") for m in bench_stats.METRICS] + [bench_report.fmt(row["ttft_p50_delta_ms"], "+.1f")]
-        lines.append(f"{c:>11}  " + "  ".join(f"{cell:>23}" for cell in cells))
-    lines.append(f"{'':>11}  output tok/s ratio, 90% bootstrap interval of the median over the pairs:")
-    for c, row in summary["ratios_gateway_over_service"].items():
-        low, high = row["output_throughput"]["interval90"]
-        lines.append(f"{c:>11}  {low:.2f} – {high:.2f}")
-    lines.append(f"{'cold start':>11}  {bench_report.fmt(summary['cold_start_ratio'], '.2f'):>23}")
-    return "\n".join(lines)
+    return [side(name) for name in SIDES]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -112,22 +67,20 @@ def run(args: argparse.Namespace) -> int:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     stem = args.out / f"{entry.name}-gateway-{stamp}"
     work = Path(f"{stem}-logs")
-    folders = {"service": bench_run.ROOT / "models" / entry.name, "gateway": write_gateway_folder(entry, work / BENCH_GATEWAY)}
-    tokenizer = bench_run.local_weights(entry.model)
-    print(f"service side: bentoml serve models/{entry.name}; gateway side: bentoml serve {folders['gateway']}")
+    sides = gateway_sides(entry, work)
+    print(f"service side: bentoml serve models/{entry.name}; gateway side: bentoml serve {work / BENCH_GATEWAY}")
     print(f"{args.runs} pair(s), concurrency {' '.join(map(str, args.concurrency))}, "
           f"input {args.input_len} / output {args.output_len} tokens; logs in {work}/", flush=True)
     machine = {"cpus": psutil.cpu_count(), "load_average_at_start": psutil.getloadavg(),
                "sched_autogroup_enabled": bench_run.autogroup_enabled()}
-    runs = [measure_side(side, pair, entry, folders[side], tokenizer, args, work)
-            for pair in range(1, args.runs + 1) for side in SIDES]
-    summary = summarize(runs, args.concurrency)
+    runs = bench_run.measure_pairs(sides, entry.served_model_name, bench_run.local_weights(entry.model), args, work)
+    summary = bench_stats.summarize(runs, args.concurrency, SIDES)
     record = {"model": entry.name, "mode": "gateway", "created_utc": stamp, "versions": bench_run.versions(), "machine": machine,
               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "runs": runs, "summary": summary}
     json_path = Path(f"{stem}.json")
     json_path.write_text(json.dumps(record, indent=2) + "\n")
     print()
-    print(summary_table(summary, entry.name))
+    print(bench_report.summary_table(summary, entry.name, SIDES))
     print(f"\nraw results: {json_path}")
     return 0

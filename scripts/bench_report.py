@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench_stats import METRICS, SIDES, pairs, spread
+from bench_stats import METRICS, SIDES, pairs, ratios_key, spread
+
+# How each side is named in the table.
+LABELS = {"vllm": "vLLM", "bento": "Bento", "service": "service", "gateway": "gateway"}
 
 
 def fmt(s: dict, form: str) -> str:
@@ -22,31 +25,33 @@ def key_numbers(result: dict) -> str:
             f"{result['stalled_streams']} stalled streams)")
 
 
-def summary_table(summary: dict, model: str) -> str:
+def summary_table(summary: dict, model: str, sides: tuple[str, str] = SIDES) -> str:
+    """The summary of `bench_stats.summarize(..., sides)`: the second side over the first."""
+    base, other = (LABELS[side] for side in sides)
+    ratios = summary[ratios_key(sides)]
     columns = [*METRICS.values(), "TTFT p50 Δ ms"]
-    lines = [f"Bento / vLLM for {model}: median over {summary['pairs']} pair(s) [min – max]; "
-             "above 1 means the Bento is higher (better for tok/s, worse for times)",
+    lines = [f"{other} / {base} for {model}: median over {summary['pairs']} pair(s) [min – max]; "
+             f"above 1 means the {other} is higher (better for tok/s, worse for times)",
              f"{'concurrency':>11}  " + "  ".join(f"{name:>23}" for name in columns)]
-    for c, row in summary["ratios_bento_over_vllm"].items():
+    for c, row in ratios.items():
         cells = [fmt(row[m], ".2f") for m in METRICS] + [fmt(row["ttft_p50_delta_ms"], "+.1f")]
         lines.append(f"{c:>11}  " + "  ".join(f"{cell:>23}" for cell in cells))
     lines.append(f"{'':>11}  output tok/s ratio, 90% bootstrap interval of the median over the pairs:")
-    for c, row in summary["ratios_bento_over_vllm"].items():
+    for c, row in ratios.items():
         low, high = row["output_throughput"]["interval90"]
         lines.append(f"{c:>11}  {low:.2f} – {high:.2f}")
-    outside = {c: row["ttft_outside_engine_delta_ms"] for c, row in summary["ratios_bento_over_vllm"].items()
-               if "ttft_outside_engine_delta_ms" in row}
+    outside = {c: row["ttft_outside_engine_delta_ms"] for c, row in ratios.items() if "ttft_outside_engine_delta_ms" in row}
     if outside:
-        lines.append(f"{'':>11}  mean TTFT outside vLLM's engine (client TTFT minus vLLM's own), Bento minus vLLM, ms:")
+        lines.append(f"{'':>11}  mean TTFT outside vLLM's engine (client TTFT minus vLLM's own), {other} minus {base}, ms:")
         lines += [f"{c:>11}  {fmt(delta, '+.1f')}" for c, delta in outside.items()]
     lines.append(f"{'':>11}  stalled streams per run (all tokens in one read: the client had waited "
                  "for a CPU):")
-    for c, row in summary["ratios_bento_over_vllm"].items():
+    for c, row in ratios.items():
         stalled = row["stalled_streams"]
-        lines.append(f"{c:>11}  vLLM {stalled['vllm']}  Bento {stalled['bento']}")
+        lines.append(f"{c:>11}  {base} {stalled[sides[0]]}  {other} {stalled[sides[1]]}")
     cold = summary["cold_start_s"]
     lines.append(f"{'cold start':>11}  {fmt(summary['cold_start_ratio'], '.2f'):>23}   "
-                 f"(vLLM {fmt(cold['vllm'], '.1f')} s, Bento {fmt(cold['bento'], '.1f')} s)")
+                 f"({base} {fmt(cold[sides[0]], '.1f')} s, {other} {fmt(cold[sides[1]], '.1f')} s)")
     return "\n".join(lines)
 
 

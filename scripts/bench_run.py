@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
+import typing as t
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -120,11 +121,25 @@ def versions() -> dict:
 # --- one server ------------------------------------------------------------------------------
 
 
-def side_server(side: str, entry: Entry, argv: list[str], log_path: Path) -> ServerProcess:
-    """The server of one side, not started yet, on a free port."""
-    if side == "vllm":
-        return vllm_server(argv, free_port(), env=SERVER_ENV, log_path=log_path)
-    return bento_server(ROOT / "models" / entry.name, free_port(), env=SERVER_ENV, log_path=log_path)
+@dataclass
+class Side:
+    """One side of the comparison: how its server is made, and which of its processes serve HTTP."""
+
+    name: str
+    description: str  # printed when its server starts
+    server: t.Callable[[Path], ServerProcess]  # not started, on a free port, logging to the given path
+    serving_processes: t.Callable[[ServerProcess], list[psutil.Process]]
+
+
+def plain_sides(entry: Entry, argv: list[str]) -> list[Side]:
+    """Plain vLLM with the service's own `vllm serve` arguments, then `bentoml serve models/<model>`."""
+    folder = ROOT / "models" / entry.name
+    return [
+        Side("vllm", "plain vLLM", lambda log: vllm_server(argv, free_port(), env=SERVER_ENV, log_path=log),
+             lambda server: [psutil.Process(server.process.pid)]),
+        Side("bento", f"bentoml serve models/{entry.name}",
+             lambda log: bento_server(folder, free_port(), env=SERVER_ENV, log_path=log), one_bento_worker),
+    ]
 
 
 def first_completion(server: ServerProcess, model_name: str) -> float:
@@ -141,16 +156,18 @@ def first_completion(server: ServerProcess, model_name: str) -> float:
     return time.monotonic() - server.started_at
 
 
-def serving_process(server: ServerProcess, side: str) -> psutil.Process:
-    """The process that runs the HTTP side (not vLLM's engine core): vLLM's API server, or the
-    BentoML worker that holds vLLM's app. Its CPU time per run is the overhead yardstick."""
+def bento_workers(server: ServerProcess) -> list[psutil.Process]:
+    """The BentoML workers below `bentoml serve`: each service's HTTP side (for a model, the one
+    that holds vLLM's app, not vLLM's engine core). Their CPU time per run is the overhead yardstick."""
     root = psutil.Process(server.process.pid)
-    if side == "vllm":
-        return root
-    workers = [p for p in root.children(recursive=True) if "_bentoml_impl.worker.service" in " ".join(p.cmdline())]
+    return [p for p in root.children(recursive=True) if "_bentoml_impl.worker.service" in " ".join(p.cmdline())]
+
+
+def one_bento_worker(server: ServerProcess) -> list[psutil.Process]:
+    workers = bento_workers(server)
     if len(workers) != 1:
-        raise RuntimeError(f"expected one BentoML worker under pid {root.pid}, found {len(workers)}")
-    return workers[0]
+        raise RuntimeError(f"expected one BentoML worker under pid {server.process.pid}, found {len(workers)}")
+    return workers
 
 
 def client_flags(server: ServerProcess, model_name: str, tokenizer: str, concurrency: int,
@@ -170,12 +187,12 @@ def client_flags(server: ServerProcess, model_name: str, tokenizer: str, concurr
     ]
 
 
-def run_benchmark_client(flags: list[str], warmups: int, serving_pid: int, result_path: Path) -> dict:
+def run_benchmark_client(flags: list[str], warmups: int, serving_pids: list[int], result_path: Path) -> dict:
     """bench_client.py in a child process; its result with the server's counters over the
     measured requests (warm-ups excluded)."""
     log_path = result_path.with_suffix(".log")
     counters_path = result_path.with_suffix(".server.json")
-    command = [sys.executable, str(CLIENT_SCRIPT), "--warmups", str(warmups), "--serving-pid", str(serving_pid),
+    command = [sys.executable, str(CLIENT_SCRIPT), "--warmups", str(warmups), "--serving-pid", *map(str, serving_pids),
                "--counters-out", str(counters_path), "--", *flags]
     with log_path.open("wb") as log:
         done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -191,7 +208,7 @@ def run_benchmark_client(flags: list[str], warmups: int, serving_pid: int, resul
 
 
 def with_server_counters(result: dict, counters: dict) -> dict:
-    """The serving process's CPU time and the TTFT outside vLLM's engine, over the measured requests."""
+    """The serving processes' CPU time and the TTFT outside vLLM's engine, over the measured requests."""
     result["server_cpu_s"] = counters["server_cpu_s"]
     result["engine_ttft_requests"] = int(counters["engine_ttft_count"])
     engine_mean_ms = 1000 * counters["engine_ttft_sum_s"] / result["engine_ttft_requests"]
@@ -199,22 +216,28 @@ def with_server_counters(result: dict, counters: dict) -> dict:
     return result
 
 
-def measure_side(side: str, pair: int, entry: Entry, argv: list[str], args: argparse.Namespace,
+def measure_side(side: Side, pair: int, model_name: str, tokenizer: str, args: argparse.Namespace,
                  work: Path) -> dict:
-    """Start one server, take its cold start, benchmark each concurrency, stop it."""
-    label = f"[{side:5} {pair}/{args.runs}]"
-    tokenizer = argv[argv.index("--model") + 1]
-    print(f"{label} starting {'plain vLLM' if side == 'vllm' else 'bentoml serve models/' + entry.name}", flush=True)
-    with side_server(side, entry, argv, work / f"{side}-{pair}.server.log") as server:
-        cold_start = first_completion(server, entry.served_model_name)
+    """Start one side's server, take its cold start, benchmark each concurrency, stop it."""
+    label = f"[{side.name:7} {pair}/{args.runs}]"
+    print(f"{label} starting {side.description}", flush=True)
+    with side.server(work / f"{side.name}-{pair}.server.log") as server:
+        cold_start = first_completion(server, model_name)
         print(f"{label} cold start {cold_start:.1f}s (process start to first completion)", flush=True)
+        serving_pids = [p.pid for p in side.serving_processes(server)]
         results = {}
-        serving_pid = serving_process(server, side).pid
         for c in args.concurrency:
-            result_path = work / f"{side}-{pair}-c{c}.json"
-            flags = client_flags(server, entry.served_model_name, tokenizer, c, args, result_path)
+            result_path = work / f"{side.name}-{pair}-c{c}.json"
+            flags = client_flags(server, model_name, tokenizer, c, args, result_path)
             # One warm-up request per concurrent slot, outside the measured counters.
-            results[str(c)] = result = run_benchmark_client(flags, c, serving_pid, result_path)
+            results[str(c)] = result = run_benchmark_client(flags, c, serving_pids, result_path)
             print(f"{label} concurrency {c:3}: {key_numbers(result)}", flush=True)
     print(f"{label} stopped", flush=True)
-    return {"side": side, "pair": pair, "cold_start_s": cold_start, "results": results}
+    return {"side": side.name, "pair": pair, "cold_start_s": cold_start, "serving_processes": len(serving_pids),
+            "results": results}
+
+
+def measure_pairs(sides: list[Side], model_name: str, tokenizer: str, args: argparse.Namespace, work: Path) -> list[dict]:
+    """--runs pairs, one server at a time, in the order of `sides` within each pair."""
+    return [measure_side(side, pair, model_name, tokenizer, args, work)
+            for pair in range(1, args.runs + 1) for side in sides]

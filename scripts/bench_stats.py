@@ -1,4 +1,7 @@
-"""The statistics of `make bench`: Bento / vLLM ratios per pair of runs, their medians and spread.
+"""The statistics of `make bench`: ratios of two sides per pair of runs, their medians and spread.
+
+The sides are named by the mode: plain vLLM and the Bento (SIDES), or a model's service and
+the same service behind a gateway (bench_gateway.SIDES); each ratio is the second over the first.
 
 Pure functions over the runs that `bench_run.measure_side` returns (or that earlier result
 files hold); nothing here starts a server or reads a clock.
@@ -11,7 +14,7 @@ import random
 import statistics
 from pathlib import Path
 
-SIDES = ("vllm", "bento")  # measured in this order within each pair
+SIDES = ("vllm", "bento")  # measured in this order within each pair: the base, then the other
 SEED = 0
 # The benchmark client's metrics that the summary compares, and how they are printed.
 METRICS = {
@@ -35,9 +38,10 @@ def stalled_streams(itls: list[list[float]]) -> int:
     return sum(1 for gaps in itls if len(gaps) > 1 and max(gaps) < 0.0002)
 
 
-def pairs(runs: list[dict]) -> list[tuple[dict, dict]]:
-    by_side = {side: sorted((r for r in runs if r["side"] == side), key=lambda r: r["pair"]) for side in SIDES}
-    return list(zip(by_side["vllm"], by_side["bento"]))
+def pairs(runs: list[dict], sides: tuple[str, str] = SIDES) -> list[tuple[dict, dict]]:
+    """(base run, other run) of each pair, in the order of the pairs."""
+    base, other = ([r for r in sorted(runs, key=lambda r: r["pair"]) if r["side"] == side] for side in sides)
+    return list(zip(base, other))
 
 
 def spread(values: list[float]) -> dict:
@@ -53,13 +57,18 @@ def median_interval(values: list[float], level: float = 0.9, draws: int = 2000) 
     return medians[cut], medians[-cut - 1]
 
 
-def ratio(bento: float, vllm: float) -> float:
-    return bento / vllm if vllm else float("nan")
+def ratio(other: float, base: float) -> float:
+    return other / base if base else float("nan")
 
 
-def summarize(runs: list[dict], concurrencies: list[int]) -> dict:
-    """Bento / vLLM per pair, then median and min-max over the pairs."""
-    both = pairs(runs)
+def ratios_key(sides: tuple[str, str] = SIDES) -> str:
+    """Where the summary keeps its ratios: "ratios_bento_over_vllm" for the plain mode."""
+    return f"ratios_{sides[1]}_over_{sides[0]}"
+
+
+def summarize(runs: list[dict], concurrencies: list[int], sides: tuple[str, str] = SIDES) -> dict:
+    """The second side over the first (Bento / vLLM) per pair, then median and min-max over the pairs."""
+    both = pairs(runs, sides)
     per_concurrency = {}
     for c in map(str, concurrencies):
         row = {m: spread([ratio(b["results"][c][m], v["results"][c][m]) for v, b in both]) for m in METRICS}
@@ -70,13 +79,13 @@ def summarize(runs: list[dict], concurrencies: list[int]) -> dict:
             row["ttft_outside_engine_delta_ms"] = spread([
                 b["results"][c]["ttft_outside_engine_ms"] - v["results"][c]["ttft_outside_engine_ms"] for v, b in both])
         row["stalled_streams"] = {side: [r["results"][c]["stalled_streams"] for r in runs if r["side"] == side]
-                                  for side in SIDES}
+                                  for side in sides}
         per_concurrency[c] = row
     return {
         "pairs": len(both),
-        "ratios_bento_over_vllm": per_concurrency,
+        ratios_key(sides): per_concurrency,
         "cold_start_ratio": spread([ratio(b["cold_start_s"], v["cold_start_s"]) for v, b in both]),
-        "cold_start_s": {side: spread([r["cold_start_s"] for r in runs if r["side"] == side]) for side in SIDES},
+        "cold_start_s": {side: spread([r["cold_start_s"] for r in runs if r["side"] == side]) for side in sides},
     }
 
 

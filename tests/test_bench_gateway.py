@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import bench_gateway
+import bench_report
+import bench_stats
 import pytest
 from catalog import load_catalog
 from conftest import ROOT
@@ -18,15 +20,16 @@ def test_gateway_folder_routes_to_the_one_model(tmp_path):
 
 def run(side: str, pair: int, tok_s: float, ttft: float) -> dict:
     metrics = {"output_throughput": tok_s, "median_ttft_ms": ttft, "p99_ttft_ms": 2 * ttft, "median_tpot_ms": 4.0,
-               "server_cpu_s": 10.0 if side == "service" else 12.0}
+               "server_cpu_s": 10.0 if side == "service" else 12.0, "stalled_streams": 0}
     return {"side": side, "pair": pair, "cold_start_s": 50.0, "results": {"8": metrics}}
 
 
 def test_ratios_are_gateway_over_service_per_pair():
     runs = [run("service", 1, 1000, 40), run("gateway", 1, 980, 41.5), run("service", 2, 1100, 38), run("gateway", 2, 1100, 39)]
-    row = bench_gateway.summarize(runs, [8])["ratios_gateway_over_service"]["8"]
+    summary = bench_stats.summarize(runs, [8], bench_gateway.SIDES)
+    row = summary["ratios_gateway_over_service"]["8"]
     assert row["output_throughput"]["values"] == pytest.approx([0.98, 1.0])
     assert row["ttft_p50_delta_ms"]["values"] == pytest.approx([1.5, 1.0])
     assert row["server_cpu_s"]["median"] == pytest.approx(1.2)
-    table = bench_gateway.summary_table(bench_gateway.summarize(runs, [8]), "tiny-dev")
+    table = bench_report.summary_table(summary, "tiny-dev", bench_gateway.SIDES)
     assert "gateway / service for tiny-dev: median over 2 pair(s)" in table and "+1.2 [+1.0 – +1.5]" in table
