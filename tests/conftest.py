@@ -129,7 +129,9 @@ def run_until_exit(server: ServerProcess, timeout: float, each_poll: t.Callable[
             time.sleep(0.1)
         code, ended_at = server.process.poll(), time.monotonic()
         if code is not None:  # its orphans are out of reach of its stop: they must end by themselves
-            psutil.wait_procs(alive(), timeout=grace)
+            gone_by = time.monotonic() + grace
+            while alive() and time.monotonic() < gone_by:
+                time.sleep(0.2)
             left = alive()
     left = alive() if code is None else left  # at the timeout it was stopped: all must be gone now
     end_all(left, grace=5)
