@@ -208,9 +208,14 @@ def run_benchmark_client(flags: list[str], warmups: int, serving_pids: list[int]
 
 
 def with_server_counters(result: dict, counters: dict) -> dict:
-    """The serving processes' CPU time and the TTFT outside vLLM's engine, over the measured requests."""
+    """The serving processes' CPU time and the TTFT outside vLLM's engine, over the measured requests.
+
+    A server whose /metrics has no vLLM histogram (a gateway: vLLM's metrics stay in the model
+    service's process) gets no TTFT outside the engine, and the summary leaves that row out."""
     result["server_cpu_s"] = counters["server_cpu_s"]
     result["engine_ttft_requests"] = int(counters["engine_ttft_count"])
+    if not result["engine_ttft_requests"]:
+        return result
     engine_mean_ms = 1000 * counters["engine_ttft_sum_s"] / result["engine_ttft_requests"]
     result["ttft_outside_engine_ms"] = result["mean_ttft_ms"] - engine_mean_ms
     return result

@@ -128,3 +128,10 @@ def test_ttft_outside_engine_is_client_mean_minus_engine_mean_over_the_measured_
         "mean_ttft_ms": 50.0, "server_cpu_s": 1.5, "engine_ttft_requests": 4,
         "ttft_outside_engine_ms": pytest.approx(10.0),
     }
+
+
+def test_server_without_vllm_metrics_has_no_ttft_outside_engine():
+    counters = {"engine_ttft_sum_s": 0.0, "engine_ttft_count": 0.0, "server_cpu_s": 1.5}
+    assert bench_run.with_server_counters({"mean_ttft_ms": 50.0}, counters) == {
+        "mean_ttft_ms": 50.0, "server_cpu_s": 1.5, "engine_ttft_requests": 0,
+    }
