@@ -6,7 +6,7 @@ PORT ?= 3000
 MODELS := $(sort $(notdir $(wildcard models/*)))
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser lock generate check test tiny-model new verify-revisions serve demo build containerize deploy secret bench stack-cost
+.PHONY: help install browser client-env lock generate check test tiny-model new verify-revisions serve demo build containerize deploy secret bench stack-cost
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -36,6 +36,13 @@ browser: ## install Debian's Chromium, which the chat-page tests drive (as root;
 	@if command -v chromium >/dev/null; then echo "chromium is installed: $$(command -v chromium)"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then apt-get update -qq && apt-get install -y -qq chromium; \
 	else echo "The chat-page tests need Chromium at /usr/bin/chromium: run 'apt-get install chromium' as root (Debian), or your system's chromium package." >&2; exit 1; fi
+
+CLIENT_ENV := .client-env
+client-env: ## a separate venv with instructor and langchain-openai (requirements-clients.txt) for the forced-tool-call tests
+	$(PYTHON) -m venv $(CLIENT_ENV)
+	$(CLIENT_ENV)/bin/python -m pip install --progress-bar off -q --upgrade "pip==26.3"
+	$(CLIENT_ENV)/bin/python -m pip install --progress-bar off -q -r requirements-clients.txt
+	@$(CLIENT_ENV)/bin/python -c "import instructor, langchain_openai, openai; print('client-env: instructor', instructor.__version__, 'and openai', openai.__version__)"
 
 lock: ## rewrite constraints.txt from .venv and constraints-gpu.txt resolved from the package registry
 	$(PY) scripts/lock.py

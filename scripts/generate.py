@@ -34,7 +34,7 @@ MARKER = ".llm-bentos-generated"
 # The Python that constraints.txt was locked and tested with: the Bento's image and each folder's README.
 PYTHON_VERSION = "3.11"
 # Copied verbatim into each folder: plain Python the generator and the tests import too.
-VERBATIM_FILES = ("vllm_openai.py", "supervisor.py", "patches.py", "web.py", "chat.html")
+VERBATIM_FILES = ("vllm_openai.py", "supervisor.py", "patches.py", "hub_model.py", "web.py", "chat.html")
 TABLE_START, TABLE_END = "<!-- models:start -->", "<!-- models:end -->"
 # Rendered template -> file name in each model folder.
 FOLDER_TEMPLATES = {

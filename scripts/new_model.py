@@ -113,10 +113,12 @@ def model_source(files: ModelFiles, name: str, choice: Choice) -> dict[str, t.An
 
 
 def folder_version(folder: Path) -> str:
-    """A model-store version from the folder's file names and sizes: the same folder, the same tag."""
+    """A model-store version from the folder's file names, sizes and modification times:
+    the same files give the same tag (and are not copied twice), changed ones a new tag."""
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(f"{path.relative_to(folder)}\0{path.stat().st_size}\0".encode())
+        stat = path.stat()
+        digest.update(f"{path.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
     return digest.hexdigest()[:16]
 
 

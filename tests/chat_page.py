@@ -19,7 +19,7 @@ def open_chat(page, url: str, model: str, key: str | None = None) -> None:
         page.wait_for_selector("#keybox", state="visible")
         page.fill("#api-key", key)
         page.click("#save-key")
-    page.wait_for_function(f"document.getElementById('model').textContent === {json.dumps(model)}")
+    page.wait_for_function(f"document.getElementById('model').value === {json.dumps(model)}")  # the picker's choice
 
 
 def add_to_requests(page, sent: list[dict] | None = None, **fields) -> None:

@@ -121,6 +121,7 @@ def assert_ended_for(ending: Ending, status: int, reason: str) -> None:
     """`bentoml serve` exited by itself with `status`, said why, in time, with 503 probes meanwhile."""
     tail = ending.log[-3000:]
     assert ending.code == status, tail
+    assert ending.log.count("Service tiny-dev initialized") == 1, "the worker was restarted"
     assert f"bentoml serve exits with status {status}: {reason}" in ending.log, tail
     assert ending.exited_after_failure_s is not None and ending.exited_after_failure_s < EXIT_WITHIN_S, tail
     statuses = [status for _, status in ending.probes_after_failure]
@@ -137,7 +138,7 @@ def test_missing_weights_stop_the_server_at_once(tmp_path, bentoml_home):
             path.unlink()
 
     ending = serve_until_exit(broken_store_model(tmp_path, bentoml_home, remove_weights), "missing-weights", timeout=60)
-    assert ending.code not in (0, None), ending.log[-2000:]
+    assert ending.code == 1, ending.log[-2000:]
     assert "model files missing" in ending.log and "*.safetensors weights" in ending.log
 
 
@@ -145,7 +146,7 @@ def test_missing_weights_stop_the_server_at_once(tmp_path, bentoml_home):
 def test_model_missing_from_the_store_stops_the_server(tmp_path, launch):
     ending = serve_until_exit({"BENTOML_HOME": str(tmp_path / "empty")}, f"missing-model-{launch}",
                               pid_namespace=LAUNCHES[launch], timeout=60)
-    assert ending.code not in (0, None), ending.log[-2000:]
+    assert ending.code == 1, ending.log[-2000:]
     assert "llm-bentos-tiny-dev:v2 could not be found" in ending.log
 
 
@@ -159,7 +160,6 @@ def test_engine_that_cannot_start_stops_the_server(tmp_path, bentoml_home, launc
     ending = serve_until_exit(env, f"corrupt-weights-{launch}", pid_namespace=LAUNCHES[launch], marker=START_FAILED)
     assert_ended_for(ending, 3, START_FAILED)
     assert "vLLM could not start with: vllm serve --model" in ending.log
-    assert ending.log.count("Service tiny-dev initialized") == 1, "the worker was restarted"
 
 
 def test_vllm_argument_error_stops_the_server_as_pid_1(tmp_path, bentoml_home):
@@ -231,10 +231,13 @@ def read_stream(lines: t.Iterator[str]) -> tuple[list[dict], str | None]:
     return events, None
 
 
-@pytest.mark.parametrize("launch", LAUNCHES)
-def test_engine_killed_mid_stream_ends_requests_probes_and_server(bentoml_home, launch):
+def test_engine_killed_mid_stream_ends_requests_probes_and_server_as_pid_1(bentoml_home):
+    """SIGKILL of vLLM's engine core while a stream is in flight, with `bentoml serve` as PID 1.
+
+    (As an ordinary child the worker signals its parent the same way, as the failed starts above show.)
+    """
     server = bento_server(TINY_DEV, free_port(), env={"BENTOML_HOME": bentoml_home},
-                          log_path=ARTIFACTS / f"engine-death-{launch}.log", pid_namespace=LAUNCHES[launch])
+                          log_path=ARTIFACTS / "engine-death-pid1.log", pid_namespace=True)
     request = {"model": "tiny-dev", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 900,
                "ignore_eos": True, "stream": True}
     with server:

@@ -7,9 +7,8 @@ import httpx
 import pytest
 import yaml
 from chat_page import last, new_chat, send
-from conftest import ARTIFACTS, entry_named
+from conftest import ARTIFACTS, entry_named, serve_folder
 from openai import OpenAI
-from serving import bento_server, free_port
 
 import tiny_model
 
@@ -27,22 +26,26 @@ def features_server(bentoml_home, tmp_path_factory, catalog_data):
     assert generate.main(["--catalog", str(root / "catalog.yaml"), "--out", str(root / "models")]) == 0
     service = (root / "models" / "tiny-features" / "service.py").read_text()
     assert '"reasoning_parser": "deepseek_r1"' in service and '"enable_lora": True' in service
+    assert "the model's thinking (split off by vLLM's reasoning parser) is\n        not streamed here" in service
     assert f'"tiny-lora": bentoml.models.BentoModel("{tiny_model.DEFAULT_LORA_TAG}")' in service
-    server = bento_server(root / "models" / "tiny-features", free_port(), env={"BENTOML_HOME": bentoml_home},
-                          log_path=ARTIFACTS / "tiny-features.server.log")
-    with server:
-        server.wait_ready(timeout=600)
-        yield OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    with serve_folder(root / "models" / "tiny-features", "tiny-features", env={"BENTOML_HOME": bentoml_home},
+                      timeout=600) as server:
+        yield server
 
 
-def test_adapters_are_listed_as_models(features_server):
-    models = {m.id: m for m in features_server.models.list().data}
+@pytest.fixture(scope="module")
+def features_client(features_server) -> OpenAI:
+    return OpenAI(base_url=f"{features_server.url}/v1", api_key="unused", max_retries=0)
+
+
+def test_adapters_are_listed_as_models(features_client):
+    models = {m.id: m for m in features_client.models.list().data}
     assert set(models) == {"tiny-features", "tiny-lora"}
 
 
-def test_adapter_changes_the_output(features_server):
+def test_adapter_changes_the_output(features_client):
     def greedy(model: str) -> str:
-        reply = features_server.completions.create(
+        reply = features_client.completions.create(
             model=model, prompt="Once upon a time", max_tokens=24, temperature=0, extra_body={"ignore_eos": True}
         )
         assert reply.usage.completion_tokens == 24
@@ -52,15 +55,29 @@ def test_adapter_changes_the_output(features_server):
     assert greedy("tiny-lora") == greedy("tiny-lora")
 
 
-def test_reasoning_parser_splits_the_reply(features_server):
-    # deepseek_r1 reads everything before </think> as reasoning; the random model rarely writes it.
-    reply = features_server.chat.completions.create(
-        model="tiny-features", messages=CHAT, max_tokens=16, temperature=0, extra_body={"ignore_eos": True}
-    )
+def test_reasoning_parser_splits_the_reply_at_the_end_of_thinking(features_client):
+    """deepseek_r1 reads what comes before `</think>` as reasoning and the rest as the answer.
+
+    A random model seldom writes `</think>`: `split_reply` nudges it with a logit bias and
+    finds a seeded reply that holds the marker past its first token (repeatable per seed).
+    """
+    _, message = split_reply(features_client, CHAT, max_tokens=32)
+    assert message["reasoning"] and message["content"], message
+    assert "</think>" not in message["reasoning"], "the reasoning ends before the marker"
+
+
+def test_generate_streams_the_answer_without_the_reasoning(features_server, features_client):
+    """The service's `generate` API streams `content` only, as its docstring says."""
+    body = {"prompt": CHAT[0]["content"], "max_tokens": 32, "temperature": 0}
+    with httpx.stream("POST", f"{features_server.url}/generate", json=body, timeout=120) as response:
+        assert response.status_code == 200
+        streamed = "".join(response.iter_text())
+    reply = features_client.chat.completions.create(model="tiny-features", messages=CHAT, max_tokens=32, temperature=0)
     message = reply.choices[0].message.model_dump()
     reasoning = message.get("reasoning") or message.get("reasoning_content")
-    assert reasoning, message
-    assert (message["content"] or "") + reasoning
+    assert reasoning, "the same request has reasoning on /v1/chat/completions"
+    assert streamed == (message["content"] or "")
+    assert reasoning not in streamed
 
 
 # In the page, the reasoning of the reply goes into a <details> that stays closed, as it streams.
@@ -91,10 +108,10 @@ def split_reply(client: OpenAI, messages: list[dict], max_tokens: int) -> tuple[
     pytest.fail("no seed gave a reply with both reasoning and an answer")
 
 
-def test_chat_page_shows_reasoning_folded_and_sends_back_only_the_answer(features_server, browser):
+def test_chat_page_shows_reasoning_folded_and_sends_back_only_the_answer(features_server, features_client, browser):
     question = "Why is the sky blue?"
-    extra, expected = split_reply(features_server, [{"role": "user", "content": question}], max_tokens=24)
-    page, sent = new_chat(browser, str(features_server.base_url).removesuffix("/v1/"), "tiny-features", **extra)
+    extra, expected = split_reply(features_client, [{"role": "user", "content": question}], max_tokens=24)
+    page, sent = new_chat(browser, features_server.url, "tiny-features", **extra)
     page.fill("#temperature", "1")
     page.evaluate(WATCH_REASONING)
     send(page, question, max_tokens=24)

@@ -14,8 +14,8 @@ import os
 import typing as t
 
 import bentoml
-from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
+from hub_model import HubModel
 from patches import fix_request_timeout
 from supervisor import exit_with_worker_status
 from vllm_openai import OpenAIServer, engine_argv, vllm_metrics_text
@@ -30,29 +30,6 @@ ENGINE_CONFIG: dict[str, t.Any] = {
     "max_model_len": 4096,
     "dtype": "float16",
 }
-
-
-class HubModel(bentoml.models.HuggingFaceModel):
-    """BentoML's HuggingFaceModel, whose refused download (BentoML fetches it before the
-    service starts) stops `bentoml serve` with one line saying what to fix."""
-
-    def resolve(self, base_path=None) -> str:
-        try:
-            return super().resolve(base_path)
-        except HfHubHTTPError as exc:
-            raise bentoml.exceptions.BentoMLException(hub_refusal(self, exc)) from exc
-
-
-def hub_refusal(model: HubModel, exc: HfHubHTTPError) -> str:
-    where = f"{model.model_id} at revision {model.revision} on {model.endpoint or 'https://huggingface.co'}"
-    if isinstance(exc, GatedRepoError):
-        return f"{where} is gated: set HF_TOKEN to a token that was granted access to it"
-    if isinstance(exc, RevisionNotFoundError):
-        return f"{where}: the Hub has no revision {model.revision}"
-    if isinstance(exc, RepositoryNotFoundError):
-        return f"{where}: no such model, or a private one: check the id, or set HF_TOKEN"
-    return f"{where}: download failed: {str(exc).splitlines()[0]}"
-
 
 MODEL = HubModel(
     "intfloat/e5-mistral-7b-instruct",

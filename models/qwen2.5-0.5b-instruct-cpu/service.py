@@ -14,8 +14,8 @@ import os
 import typing as t
 
 import bentoml
-from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
+from hub_model import HubModel
 from patches import fix_request_timeout
 from supervisor import exit_with_worker_status
 from vllm_openai import OpenAIServer, engine_argv, vllm_metrics_text
@@ -30,30 +30,8 @@ ENGINE_CONFIG: dict[str, t.Any] = {
     "dtype": "bfloat16",
     "enable_auto_tool_choice": True,
     "tool_call_parser": "hermes",
+    "tool_strict_level": "parameter",
 }
-
-
-class HubModel(bentoml.models.HuggingFaceModel):
-    """BentoML's HuggingFaceModel, whose refused download (BentoML fetches it before the
-    service starts) stops `bentoml serve` with one line saying what to fix."""
-
-    def resolve(self, base_path=None) -> str:
-        try:
-            return super().resolve(base_path)
-        except HfHubHTTPError as exc:
-            raise bentoml.exceptions.BentoMLException(hub_refusal(self, exc)) from exc
-
-
-def hub_refusal(model: HubModel, exc: HfHubHTTPError) -> str:
-    where = f"{model.model_id} at revision {model.revision} on {model.endpoint or 'https://huggingface.co'}"
-    if isinstance(exc, GatedRepoError):
-        return f"{where} is gated: set HF_TOKEN to a token that was granted access to it"
-    if isinstance(exc, RevisionNotFoundError):
-        return f"{where}: the Hub has no revision {model.revision}"
-    if isinstance(exc, RepositoryNotFoundError):
-        return f"{where}: no such model, or a private one: check the id, or set HF_TOKEN"
-    return f"{where}: download failed: {str(exc).splitlines()[0]}"
-
 
 MODEL = HubModel(
     "Qwen/Qwen2.5-0.5B-Instruct",
@@ -132,7 +110,7 @@ class VLLM:
         max_tokens: int = 256,
         temperature: float = 0.7,
     ) -> t.AsyncGenerator[str, None]:
-        """Stream the reply to one user message, with the model's chat template."""
+        """Stream the answer to one user message, with the model's chat template."""
         messages = [{"role": "user", "content": prompt}]
         async for text in openai_server.stream_chat(messages, max_tokens=max_tokens, temperature=temperature):
             yield text

@@ -18,7 +18,7 @@ import logging
 import typing as t
 
 from patches import VLLM_METRIC_PREFIX, keep_vllm_metrics_in_process, leave_out_http_metrics
-from supervisor import end_server
+from supervisor import end_server, exit_now
 
 logger = logging.getLogger("bentoml.service")
 
@@ -228,9 +228,16 @@ class OpenAIServer:
         self._task = asyncio.create_task(self._run(argv))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._stopping.set()
-            await self._task
+        if self._task is None:
+            return
+        self._stopping.set()
+        if self.app is None and not self._task.done():
+            # vLLM is still starting, in a thread that nothing interrupts: waiting for it
+            # would hold the stop for minutes, or for ever once its engine processes are stopped.
+            logger.warning("Stopped while vLLM was still starting: this worker ends its engine processes and exits.")
+            kill_child_processes()
+            exit_now(0)
+        await self._task
 
     async def _run(self, argv: list[str]) -> None:
         try:
@@ -290,6 +297,15 @@ class OpenAIServer:
                     watch.cancel()
         finally:
             engine.shutdown()
+
+
+def kill_child_processes() -> None:
+    """SIGKILL every process this one started (vLLM's engine processes), children first."""
+    import psutil
+
+    for process in reversed(psutil.Process().children(recursive=True)):
+        with contextlib.suppress(psutil.Error):
+            process.kill()
 
 
 def failure_text(exc: BaseException) -> str:

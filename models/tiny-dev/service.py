@@ -30,6 +30,7 @@ ENGINE_CONFIG: dict[str, t.Any] = {
     "gpu_memory_utilization": 0.2,
     "enable_auto_tool_choice": True,
     "tool_call_parser": "hermes",
+    "tool_strict_level": "parameter",
 }
 
 # Made offline by scripts/tiny_model.py (`make tiny-model`) in the repository.
@@ -107,7 +108,7 @@ class VLLM:
         max_tokens: int = 256,
         temperature: float = 0.7,
     ) -> t.AsyncGenerator[str, None]:
-        """Stream the reply to one user message, with the model's chat template."""
+        """Stream the answer to one user message, with the model's chat template."""
         messages = [{"role": "user", "content": prompt}]
         async for text in openai_server.stream_chat(messages, max_tokens=max_tokens, temperature=temperature):
             yield text

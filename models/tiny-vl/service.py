@@ -108,7 +108,7 @@ class VLLM:
         max_tokens: int = 256,
         temperature: float = 0.7,
     ) -> t.AsyncGenerator[str, None]:
-        """Stream the reply to one user message, with the model's chat template."""
+        """Stream the answer to one user message, with the model's chat template."""
         messages = [{"role": "user", "content": prompt}]
         async for text in openai_server.stream_chat(messages, max_tokens=max_tokens, temperature=temperature):
             yield text
