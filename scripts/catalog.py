@@ -426,7 +426,7 @@ def json_schema() -> dict:
 # Gateways: a top-level `gateways:` list after `models:`, checked against the model entries.
 
 # Modules every gateway folder has besides one module per routed entry.
-GATEWAY_MODULES = frozenset({"service", "gateway", "web", "vllm_openai", "bentoml_fixes"})
+GATEWAY_MODULES = frozenset({"service", "gateway", "web", "vllm_openai", "patches", "supervisor", "hub_model"})
 
 
 def service_module(entry_name: str) -> str:
