@@ -101,9 +101,11 @@ def test_entry_goes_at_the_end_of_models_before_a_later_list_and_its_comments():
 
 def test_moe_config_on_the_hub_gets_an_80gb_gpu_qwen3_parsers_and_the_pinned_commit(local_hub, tmp_path, catalog_copy):
     sha = local_hub.add("Qwen/Qwen3-30B-A3B", config_folder(tmp_path, "moe", QWEN3_MOE, QWEN3_TEMPLATE))
-    result = make_new(local_hub.env(tmp_path), catalog_copy, "Qwen/Qwen3-30B-A3B")
+    # The repository's catalog already has an entry named qwen3-30b-a3b.
+    result = make_new(local_hub.env(tmp_path), catalog_copy, "Qwen/Qwen3-30B-A3B", NAME="qwen3-moe-from-hub")
     assert result.returncode == 0, result.stderr
     entry = last_entry(catalog_copy)
+    assert entry["name"] == "qwen3-moe-from-hub"
     assert entry["model"] == {"id": "Qwen/Qwen3-30B-A3B", "revision": sha}
     assert entry["resources"] == {"gpu": 1, "gpu_type": "nvidia-a100-80gb"}
     assert entry["engine"]["reasoning_parser"] == "qwen3" and "tensor_parallel_size" not in entry["engine"]
@@ -113,7 +115,7 @@ def test_moe_config_on_the_hub_gets_an_80gb_gpu_qwen3_parsers_and_the_pinned_com
     assert "= 62.7 GB <= 90% of 0.9 x 80 GB on 1 x nvidia-a100-80gb (64.8 GB)" in result.stdout
     assert "> 90% of 0.9 x 48 GB on 2 x nvidia-l4 (38.9 GB)" in result.stdout  # the larger option it passed over
     load_catalog(catalog_copy)
-    assert '"reasoning_parser": "qwen3"' in (catalog_copy.parent / "models" / "qwen3-30b-a3b" / "service.py").read_text()
+    assert '"reasoning_parser": "qwen3"' in (catalog_copy.parent / "models" / "qwen3-moe-from-hub" / "service.py").read_text()
 
 
 def test_awq_config_gets_a_t4_and_awq_or_marlin_on_an_l4_when_asked(local_hub, tmp_path, catalog_copy):
