@@ -89,17 +89,29 @@ def test_reply_through_the_gateway_equals_the_services_own(client, services):
     assert greedy(client, "tiny-lora").choices[0].text == direct["choices"][0]["text"]
 
 
-def test_stream_arrives_chunk_by_chunk(client):
+def stream_arrivals(client) -> list[float]:
+    """Seconds from the request to each chunk with text, for a 128-token streamed reply."""
     started = time.monotonic()
-    arrivals = []
     stream = client.chat.completions.create(model="tiny-dev", messages=CHAT, max_tokens=128, stream=True,
                                             extra_body={"ignore_eos": True})
-    for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            arrivals.append(time.monotonic() - started)
-    assert len(arrivals) >= 8
-    # Not buffered: the first text arrives well before the last (128 tokens take a while to generate).
-    assert arrivals[0] < arrivals[-1] / 2, arrivals
+    return [time.monotonic() - started for chunk in stream if chunk.choices and chunk.choices[0].delta.content]
+
+
+def test_stream_arrives_chunk_by_chunk(client):
+    """Not buffered: the first text arrives well before the last (128 tokens take a while).
+
+    A gateway that buffers fails every try. A try in which this test's process got no CPU
+    until the reply was done (2 cores, autogroup scheduling: docs/performance.md) shows
+    nothing either way, so one of three tries must show the stream.
+    """
+    tries = []
+    for _ in range(3):
+        arrivals = stream_arrivals(client)
+        assert len(arrivals) >= 8
+        tries.append((arrivals[0], arrivals[-1]))
+        if arrivals[0] < arrivals[-1] / 2:
+            return
+    pytest.fail(f"every reply arrived whole (first, last text in s): {tries}")
 
 
 def test_embeddings_go_to_the_embedding_model(client):
@@ -161,14 +173,25 @@ def wait_for_running(service: httpx.Client, expected: float, timeout: float = 60
 
 @pytest.mark.parametrize("stream", [True, False], ids=["streaming", "not-streaming"])
 def test_client_disconnect_frees_the_engine(gateway, services, stream):
+    """A request running in the model's engine ends there once its client hangs up.
+
+    A try whose request the test never saw running (it had finished while this process
+    waited for a CPU) shows nothing; one of three tries must see it running.
+    """
     body = {"model": "tiny-dev", "messages": CHAT, "max_tokens": 1000, "stream": stream, "ignore_eos": True}
-    sock = send_request(gateway, "/v1/chat/completions", body)
-    try:
-        if stream:
-            assert sock.recv(1024).startswith(b"HTTP/1.1 200")  # the stream has begun
-        assert wait_for_running(services["tiny-dev"], 1) == 1
-    finally:
-        sock.close()  # long before 1000 tokens
+    for _ in range(3):
+        sock = send_request(gateway, "/v1/chat/completions", body)
+        try:
+            if stream:
+                assert sock.recv(1024).startswith(b"HTTP/1.1 200")  # the stream has begun
+            seen_running = wait_for_running(services["tiny-dev"], 1, timeout=20) == 1
+        finally:
+            sock.close()  # long before 1000 tokens
+        if seen_running:
+            break
+        assert wait_for_running(services["tiny-dev"], 0, timeout=30) == 0
+    else:
+        pytest.fail("the request was never seen running in the model's engine in three tries")
     assert wait_for_running(services["tiny-dev"], 0, timeout=30) == 0
 
 
