@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from conftest import ARTIFACTS, ROOT
-from serving import bento_server, free_port
+from conftest import ROOT, serve_folder
 
 QUERY = "What is the weather like in Paris?"
 DOCUMENTS = ["It is sunny and warm in Paris.", "A robot planted seeds.", "Servers listen on ports.", "Hello! How are you today?"]
@@ -13,12 +12,7 @@ DOCUMENTS = ["It is sunny and warm in Paris.", "A robot planted seeds.", "Server
 
 @pytest.fixture(scope="module")
 def rerank_url(bentoml_home):
-    server = bento_server(
-        ROOT / "models" / "tiny-rerank", free_port(), env={"BENTOML_HOME": bentoml_home},
-        log_path=ARTIFACTS / "tiny-rerank.server.log",
-    )
-    with server:
-        server.wait_ready(timeout=600)
+    with serve_folder(ROOT / "models" / "tiny-rerank", "tiny-rerank", env={"BENTOML_HOME": bentoml_home}, timeout=600) as server:
         yield server.url
 
 

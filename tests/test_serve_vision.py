@@ -8,8 +8,7 @@ import io
 import httpx
 import pytest
 import tiny_vl
-from conftest import ARTIFACTS, ROOT
-from serving import bento_server, free_port
+from conftest import ROOT, serve_folder
 
 # Idefics3 puts each image's tokens between <fake_token_around_image><global-img> and <fake_token_around_image>.
 TOKENS_PER_IMAGE = tiny_vl.IMAGE_TOKENS + 3
@@ -17,12 +16,7 @@ TOKENS_PER_IMAGE = tiny_vl.IMAGE_TOKENS + 3
 
 @pytest.fixture(scope="module")
 def vl_url(bentoml_home):
-    server = bento_server(
-        ROOT / "models" / "tiny-vl", free_port(), env={"BENTOML_HOME": bentoml_home},
-        log_path=ARTIFACTS / "tiny-vl.server.log",
-    )
-    with server:
-        server.wait_ready(timeout=600)
+    with serve_folder(ROOT / "models" / "tiny-vl", "tiny-vl", env={"BENTOML_HOME": bentoml_home}, timeout=600) as server:
         yield server.url
 
 
