@@ -8,7 +8,6 @@ is in BentoML's container image (needs root, for `unshare`).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket

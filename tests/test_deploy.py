@@ -6,7 +6,7 @@ import os
 import shlex
 
 import pytest
-from bentoml_cli.deployment import convert_env_to_dict, deploy_command
+from bentoml_cli.deployment import deploy_command
 from bentoml_cli.secret import parse_kvs_argument_callback
 from test_bento import make
 
