@@ -5,8 +5,13 @@ scripts/generate.py. Each model runs as its own BentoML service (`bentoml.depend
 own worker under `bentoml serve` and as its own deployment on BentoCloud. This ASGI app
 reads the JSON `model` of each request and streams the request to, and the reply back
 from, the model service that serves that name. Only the request body is read whole (to
-find `model`); replies pass through chunk by chunk. A client that goes away closes the
+find `model`); replies pass through as they arrive. A client that goes away closes the
 request to the model service, which makes vLLM abort it and free the engine.
+
+The hop to a model service is plain HTTP/1.1 on kept-alive connections, parsed by
+httptools (the C parser uvicorn itself uses): every token of a stream passes through here,
+and a general-purpose client (httpx) spent about as much CPU per token as vLLM's own HTTP
+layer (docs/gateway.md).
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ import asyncio
 import json
 import logging
 import os
+import ssl
+import time
 import typing as t
-from urllib.parse import unquote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
-import httpx
+import httptools
 from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily
 
@@ -26,29 +33,210 @@ logger = logging.getLogger("bentoml.service")
 
 API_KEY_ENV = "VLLM_API_KEY"
 LOADING_MESSAGE = "The models are still loading; retry when /readyz answers 200."
-# Connection-level headers and the ones httpx sets itself are not passed on.
+CONNECT_TIMEOUT_S = 10
+# Connection-level headers and the ones this hop sets itself are not passed on.
 NOT_FORWARDED = frozenset({
     b"host", b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
-    b"trailer", b"upgrade", b"content-length",
+    b"trailer", b"upgrade", b"content-length", b"expect",
 })
-NOT_RETURNED = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"date", b"server"})
+NOT_RETURNED = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"date", b"server"})
+# A reply's bytes held here while the client is slower than the model service: above this,
+# reading from the model service pauses until the client has taken them.
+HIGH_WATER_BYTES = 1 << 20
+# An idle kept-alive connection older than this is closed rather than reused: uvicorn, which
+# serves the model services, closes idle connections after 5 s.
+IDLE_REUSE_S = 4.0
 
 
-def upstream_client(url: str, timeout: float) -> httpx.AsyncClient:
-    """A client for one model service: a unix socket under `bentoml serve`, http(s) when deployed."""
-    transport = None
-    parsed = urlparse(url)
-    if parsed.scheme == "file":
-        transport = httpx.AsyncHTTPTransport(uds=unquote(parsed.path))
-        url = "http://model-service"
-    elif parsed.scheme == "tcp":
-        url = f"http://{parsed.netloc}"
-    return httpx.AsyncClient(
-        base_url=url,
-        transport=transport,
-        timeout=httpx.Timeout(timeout, connect=10),
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=512),
-    )
+class UpstreamError(ConnectionError):
+    """The model service did not answer, or closed the connection before its reply was complete."""
+
+
+class Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection to a model service; httptools parses its replies."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.idle_since = 0.0
+        self.reset()
+
+    def reset(self) -> None:
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_done = False
+        self.complete = False
+        self.received = False  # any byte of the reply
+        self.error: BaseException | None = None
+        self.parts: list[bytes] = []
+        self.buffered = 0
+        self.waiter: asyncio.Future | None = None
+
+    # asyncio.Protocol -------------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.received = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.fail(UpstreamError(f"the model service sent a reply that is not HTTP/1.1: {exc}"))
+            return
+        self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.complete and self.error is None:
+            self.error = UpstreamError(f"the model service closed the connection ({exc or 'end of stream'})")
+        self._wake()
+
+    # httptools callbacks ----------------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.head_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self.parts.append(body)
+        self.buffered += len(body)
+        if self.buffered > HIGH_WATER_BYTES:
+            self.transport.pause_reading()
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+    # the router's side ------------------------------------------------------------------
+    def send_request(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def fail(self, error: BaseException) -> None:
+        """End this connection: the reply is abandoned (a client that went away, a broken reply)."""
+        if self.error is None:
+            self.error = error
+        self.closed = True
+        self.transport.close()
+        self._wake()
+
+    async def head(self) -> None:
+        while not self.head_done:
+            await self._wait()
+
+    async def read(self) -> tuple[bytes, bool]:
+        """The reply's bytes that arrived since the last read (waiting for some), and whether it is complete."""
+        while not self.parts and not self.complete:
+            await self._wait()
+        data = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
+        self.parts.clear()
+        if self.buffered > HIGH_WATER_BYTES and not self.closed:
+            self.transport.resume_reading()
+        self.buffered = 0
+        return data, self.complete
+
+    async def _wait(self) -> None:
+        if self.error is not None:
+            raise self.error
+        self.waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+        if self.error is not None and not self.parts and not self.complete:
+            raise self.error
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+class Upstream:
+    """Kept-alive HTTP/1.1 connections to one model service: a unix socket under `bentoml serve`,
+    http(s) when deployed."""
+
+    def __init__(self, url: str) -> None:
+        parsed = urlparse(url)
+        self.url = url
+        self.uds = unquote(parsed.path) if parsed.scheme == "file" else None
+        self.host = parsed.hostname or "localhost"
+        self.port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        self.ssl = ssl.create_default_context() if parsed.scheme == "https" else None
+        self.host_header = (parsed.netloc or "model-service").encode()
+        self.idle: list[Connection] = []
+
+    async def _connect(self) -> Connection:
+        loop = asyncio.get_running_loop()
+        if self.uds:
+            opening = loop.create_unix_connection(Connection, self.uds)
+        else:
+            opening = loop.create_connection(Connection, self.host, self.port, ssl=self.ssl,
+                                             server_hostname=self.host if self.ssl else None)
+        try:
+            _, connection = await asyncio.wait_for(opening, CONNECT_TIMEOUT_S)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise UpstreamError(f"cannot connect to {self.url}: {exc!r}") from exc
+        return connection
+
+    def _reusable(self) -> Connection | None:
+        now = time.monotonic()
+        while self.idle:
+            connection = self.idle.pop()
+            if not connection.closed and now - connection.idle_since < IDLE_REUSE_S:
+                return connection
+            connection.fail(UpstreamError("idle"))
+        return None
+
+    async def send(self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes) -> Connection:
+        """Send a request on a kept-alive connection, or on a new one; its reply is read from the result."""
+        lines = [f"{method} {target} HTTP/1.1".encode(), b"host: " + self.host_header, b"content-length: " + str(len(body)).encode()]
+        lines += [name + b": " + value for name, value in headers]
+        data = b"\r\n".join(lines) + b"\r\n\r\n" + body
+        connection = self._reusable() or await self._connect()
+        connection.send_request(data)
+        return connection
+
+    async def head(self, connection: Connection, method: str, target: str, headers, body: bytes) -> Connection:
+        """Wait for the reply's status and headers. A kept-alive connection that the service closed
+        before answering a byte (it closes idle ones) is retried once on a new connection."""
+        try:
+            await connection.head()
+            return connection
+        except UpstreamError:
+            if connection.received or connection.idle_since == 0.0:
+                raise
+        retry = await self.send(method, target, headers, body)
+        await retry.head()
+        return retry
+
+    def release(self, connection: Connection) -> None:
+        """Keep a connection whose reply was read to the end; close any other."""
+        if connection.complete and not connection.closed and connection.parser.should_keep_alive():
+            connection.reset()
+            connection.idle_since = time.monotonic()
+            self.idle.append(connection)
+        elif not connection.closed:
+            connection.fail(UpstreamError("not reusable"))
+
+    async def get_json(self, path: str, headers: list[tuple[bytes, bytes]]) -> t.Any:
+        connection = await self.send("GET", path, headers, b"")
+        connection = await self.head(connection, "GET", path, headers, b"")
+        parts = []
+        while True:
+            data, done = await connection.read()
+            parts.append(data)
+            if done:
+                break
+        self.release(connection)
+        if connection.status != 200:
+            raise LookupError(f"{path} answered {connection.status}")
+        return json.loads(b"".join(parts))
+
+    def close(self) -> None:
+        for connection in self.idle:
+            connection.fail(UpstreamError("closed"))
+        self.idle.clear()
 
 
 def openai_error(status: int, message: str, err_type: str, param: str | None = None) -> bytes:
@@ -71,6 +259,10 @@ async def read_body(receive) -> bytes | None:
         chunks.append(message.get("body", b""))
         if not message.get("more_body"):
             return b"".join(chunks)
+
+
+class ClientGone(Exception):
+    """The client went away before its reply was complete."""
 
 
 async def until_disconnect(receive) -> None:
@@ -105,9 +297,9 @@ class Router:
 
     def __init__(self, default_model: str | None = None, timeout: float = 300) -> None:
         self.default_model = default_model
-        self.timeout = timeout
-        self.clients: list[httpx.AsyncClient] = []
-        self.routes: dict[str, httpx.AsyncClient] = {}  # served model name -> its service's client
+        self.timeout = timeout  # BentoML's traffic timeout bounds the wait for a reply's first byte
+        self.upstreams: list[Upstream] = []
+        self.routes: dict[str, Upstream] = {}  # served model name -> its service
         self.model_list = b""
         self.counts = RequestCounts()
         self._discovery: asyncio.Task | None = None
@@ -117,34 +309,28 @@ class Router:
         return bool(self.routes)
 
     def connect(self, urls: list[str]) -> None:
-        """Open a client to each model service and learn their model names once they are ready."""
-        self.clients = [upstream_client(url, self.timeout) for url in urls]
+        """Reach each model service and learn their model names once they are ready (in the background)."""
+        self.upstreams = [Upstream(url) for url in urls]
         self._discovery = asyncio.create_task(self._discover())
 
     async def close(self) -> None:
         if self._discovery is not None:
             self._discovery.cancel()
-        await asyncio.gather(*(client.aclose() for client in self.clients))
+        for upstream in self.upstreams:
+            upstream.close()
 
     async def _discover(self) -> None:
+        headers = [(b"authorization", f"Bearer {key}".encode())] if (key := os.environ.get(API_KEY_ENV)) else []
         while True:
             try:
-                listings = await asyncio.gather(*(self._models_of(client) for client in self.clients))
+                listings = await asyncio.gather(*(u.get_json("/v1/models", headers) for u in self.upstreams))
                 break
-            except (httpx.HTTPError, LookupError):
+            except (UpstreamError, LookupError, ValueError):
                 await asyncio.sleep(1)
-        data = [model for listing in listings for model in listing]
+        data = [model for listing in listings for model in listing["data"]]
         self.model_list = json.dumps({"object": "list", "data": data}).encode()
-        self.routes = {model["id"]: client for client, listing in zip(self.clients, listings) for model in listing}
+        self.routes = {model["id"]: u for u, listing in zip(self.upstreams, listings) for model in listing["data"]}
         logger.info("gateway routes: %s", ", ".join(self.routes))
-
-    @staticmethod
-    async def _models_of(client: httpx.AsyncClient) -> list[dict]:
-        headers = {"authorization": f"Bearer {key}"} if (key := os.environ.get(API_KEY_ENV)) else {}
-        response = await client.get("/v1/models", headers=headers)
-        if response.status_code != 200:
-            raise LookupError(f"/v1/models answered {response.status_code}")
-        return response.json()["data"]
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -176,39 +362,51 @@ class Router:
             message = "`model` is required: this gateway serves " + ", ".join(self.routes) + "."
             await send_json(send, 400, openai_error(400, message, "BadRequestError", "model"))
             return
-        client = self.routes.get(model)
-        if client is None:
+        upstream = self.routes.get(model)
+        if upstream is None:
             message = f"The model `{model}` does not exist. Valid aliases: {', '.join(self.routes)}."
             await send_json(send, 404, openai_error(404, message, "NotFoundError", "model"))
             return
-        forward = asyncio.ensure_future(self._forward(client, scope, send, body, model))
-        disconnect = asyncio.ensure_future(until_disconnect(receive))
-        try:
-            await asyncio.wait((forward, disconnect), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (forward, disconnect):
-                task.cancel()
-            await asyncio.wait((forward, disconnect))  # the upstream request is closed when this returns
-        if not forward.cancelled() and forward.exception() is not None:
-            raise forward.exception()
+        await self._forward(upstream, scope, receive, send, body, model)
 
-    async def _forward(self, client: httpx.AsyncClient, scope, send, body: bytes, model: str) -> None:
-        """Send the request to the model service and stream its answer back as it comes."""
+    async def _forward(self, upstream: Upstream, scope, receive, send, body: bytes, model: str) -> None:
+        """Send the request to the model service and pass its reply on as it arrives."""
+        method = scope["method"]
+        target = quote(scope["path"]) + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
         headers = [(k, v) for k, v in scope["headers"] if k not in NOT_FORWARDED]
-        target = scope["path"] + ("?" + scope["query_string"].decode() if scope["query_string"] else "")
-        request = client.build_request(scope["method"], target, headers=headers, content=body)
         try:
-            response = await client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            self.counts.add(model, 502)
-            await send_json(send, 502, openai_error(502, f"The service of `{model}` did not answer: {exc!r}", "BadGatewayError"))
+            connection = await upstream.send(method, target, headers, body)
+        except UpstreamError as exc:
+            await self._bad_gateway(send, model, exc)
             return
-        self.counts.add(model, response.status_code)
+        # A client that goes away closes the connection to the model service: vLLM aborts the request.
+        watcher = asyncio.ensure_future(until_disconnect(receive))
+        watcher.add_done_callback(lambda task: task.cancelled() or connection.complete or connection.fail(ClientGone()))
         try:
-            returned = [(k, v) for k, v in response.headers.raw if k.lower() not in NOT_RETURNED]
-            await send({"type": "http.response.start", "status": response.status_code, "headers": returned})
-            async for chunk in response.aiter_raw():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
+            try:
+                connection = await upstream.head(connection, method, target, headers, body)
+            except UpstreamError as exc:
+                await self._bad_gateway(send, model, exc)
+                return
+            self.counts.add(model, connection.status)
+            returned = [(k, v) for k, v in connection.headers if k not in NOT_RETURNED]
+            await send({"type": "http.response.start", "status": connection.status, "headers": returned})
+            while True:
+                data, done = await connection.read()
+                if done:
+                    await send({"type": "http.response.body", "body": data})
+                    break
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+        except ClientGone:
+            return
+        except UpstreamError as exc:
+            # The reply had started: the client sees the connection end before the reply does.
+            logger.warning("the reply of `%s` broke off: %s", model, exc)
+            raise
         finally:
-            await response.aclose()
+            watcher.cancel()
+            upstream.release(connection)
+
+    async def _bad_gateway(self, send, model: str, exc: Exception) -> None:
+        self.counts.add(model, 502)
+        await send_json(send, 502, openai_error(502, f"The service of `{model}` did not answer: {exc}", "BadGatewayError"))
