@@ -19,6 +19,7 @@ import httpx
 import openai
 import psutil
 import pytest
+from chat_page import last, new_chat, send
 from conftest import ROOT, SMALL_KV_CACHE_ENV, serve_folder
 
 KEY = "sk-gateway-" + os.urandom(6).hex()
@@ -245,6 +246,40 @@ def test_health_metrics_and_chat_page_stay_open(gateway):
         assert httpx.get(gateway.url + path).status_code == 200, path
     page = httpx.get(gateway.url + "/chat").text
     assert '<select id="model"' in page  # the model picker, filled from /v1/models
+
+
+def page_reply(page) -> dict:
+    """The reply on a page of one exchange: its folded reasoning (if any) and its answer."""
+    reasoning = page.eval_on_selector_all(".assistant .reasoning .thought", "els => els.map(e => e.textContent).join('')")
+    return {"reasoning": reasoning or None, "content": last(page, ".assistant .answer") or None}
+
+
+def streamed_reply(client: openai.OpenAI, model: str, messages: list[dict], max_tokens: int) -> dict:
+    """The reasoning and answer of a greedy streamed chat reply, put together as the page does."""
+    text = {"reasoning": "", "content": ""}
+    for chunk in client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0,
+                                                stream=True, extra_body={"ignore_eos": True}):
+        delta = chunk.choices[0].delta.model_dump() if chunk.choices else {}
+        for key in text:
+            text[key] += delta.get(key) or ""
+    return {key: value or None for key, value in text.items()}
+
+
+def test_chat_page_model_picker_sends_to_the_picked_model(gateway, client, browser):
+    """The page lists every model of the gateway; after a pick, its chat goes to that model and shows
+    that model's reply (tiny-lora reasons and its adapter changes the tokens; tiny-dev only answers)."""
+    shown = {}
+    for model in ("tiny-lora", "tiny-dev"):
+        page, sent = new_chat(browser, gateway.url, ALL_MODELS[0], KEY, temperature=0, ignore_eos=True)
+        assert page.eval_on_selector_all("#model option", "els => els.map(e => e.value)") == ALL_MODELS
+        page.select_option("#model", model)
+        send(page, "Tell me a story about a robot.", max_tokens=12)
+        assert page.inner_text("#error") == ""
+        assert [body["model"] for body in sent] == [model]
+        shown[model] = page_reply(page)
+        assert shown[model] == streamed_reply(client, model, sent[0]["messages"], max_tokens=12)
+        page.close()
+    assert shown["tiny-lora"]["reasoning"] and not shown["tiny-dev"]["reasoning"] and shown["tiny-dev"]["content"]
 
 
 def test_readyz_needs_every_model_service(gateway, services):

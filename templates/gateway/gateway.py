@@ -66,6 +66,7 @@ class Connection(asyncio.Protocol):
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_done = False
+        self.keep_alive = False
         self.complete = False
         self.received = False  # any byte of the reply
         self.error: BaseException | None = None
@@ -98,6 +99,7 @@ class Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()  # asked here, as uvicorn does: after the body it is reset
         self.head_done = True
 
     def on_body(self, body: bytes) -> None:
@@ -212,7 +214,7 @@ class Upstream:
 
     def release(self, connection: Connection) -> None:
         """Keep a connection whose reply was read to the end; close any other."""
-        if connection.complete and not connection.closed and connection.parser.should_keep_alive():
+        if connection.complete and not connection.closed and connection.keep_alive:
             connection.reset()
             connection.idle_since = time.monotonic()
             self.idle.append(connection)
@@ -228,9 +230,10 @@ class Upstream:
             parts.append(data)
             if done:
                 break
+        status = connection.status
         self.release(connection)
-        if connection.status != 200:
-            raise LookupError(f"{path} answered {connection.status}")
+        if status != 200:
+            raise LookupError(f"{path} answered {status}")
         return json.loads(b"".join(parts))
 
     def close(self) -> None:
