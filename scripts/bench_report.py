@@ -11,6 +11,8 @@ from bench_stats import METRICS, SIDES, pairs, ratios_key, spread
 
 # How each side is named in the table.
 LABELS = {"vllm": "vLLM", "bento": "Bento", "service": "service", "gateway": "gateway"}
+# ... and in the plot's legend.
+PLOT_LABELS = {"vllm": "plain vLLM", "bento": "Bento", "service": "the model's service alone", "gateway": "through a gateway"}
 
 
 def fmt(s: dict, form: str) -> str:
@@ -55,7 +57,7 @@ def summary_table(summary: dict, model: str, sides: tuple[str, str] = SIDES) -> 
     return "\n".join(lines)
 
 
-def plot(runs: list[dict], concurrencies: list[int], path: Path, model: str) -> Path | None:
+def plot(runs: list[dict], concurrencies: list[int], path: Path, model: str, sides: tuple[str, str] = SIDES) -> Path | None:
     """Output throughput and TTFT p50 against concurrency, both sides: medians with min-max bars."""
     try:
         import matplotlib
@@ -67,18 +69,19 @@ def plot(runs: list[dict], concurrencies: list[int], path: Path, model: str) -> 
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, metric, title in zip(axes, ("output_throughput", "median_ttft_ms"), ("output tokens/s", "TTFT p50 (ms)")):
-        for side, name in zip(SIDES, ("plain vLLM", "Bento")):
+        for side in sides:
             stats = [spread([r["results"][str(c)][metric] for r in runs if r["side"] == side]) for c in concurrencies]
             medians = [s["median"] for s in stats]
             bars = [[s["median"] - s["min"] for s in stats], [s["max"] - s["median"] for s in stats]]
-            ax.errorbar(concurrencies, medians, yerr=bars, marker="o", capsize=4, label=name)
+            ax.errorbar(concurrencies, medians, yerr=bars, marker="o", capsize=4, label=PLOT_LABELS[side])
         ax.set(xscale="log", xlabel="concurrency", title=title)
         ax.set_xticks(concurrencies, [str(c) for c in concurrencies])
         ax.minorticks_off()
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"{model}: Bento vs plain vLLM (median, min–max over {len(pairs(runs))} pair(s) of runs)")
+    base, other = (PLOT_LABELS[side] for side in sides)
+    fig.suptitle(f"{model}: {other} vs {base} (median, min–max over {len(pairs(runs, sides))} pair(s) of runs)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

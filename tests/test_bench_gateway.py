@@ -33,3 +33,10 @@ def test_ratios_are_gateway_over_service_per_pair():
     assert row["server_cpu_s"]["median"] == pytest.approx(1.2)
     table = bench_report.summary_table(summary, "tiny-dev", bench_gateway.SIDES)
     assert "gateway / service for tiny-dev: median over 2 pair(s)" in table and "+1.2 [+1.0 – +1.5]" in table
+
+
+def test_plot_of_a_gateway_run_shows_both_sides(tmp_path):
+    pytest.importorskip("matplotlib")
+    runs = [run("service", 1, 1000, 40), run("gateway", 1, 980, 41.5)]
+    png = bench_report.plot(runs, [8], tmp_path / "gw.png", "tiny-dev", bench_gateway.SIDES)
+    assert png == tmp_path / "gw.png" and png.stat().st_size > 0

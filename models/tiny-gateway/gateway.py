@@ -8,10 +8,10 @@ from, the model service that serves that name. Only the request body is read who
 find `model`); replies pass through as they arrive. A client that goes away closes the
 request to the model service, which makes vLLM abort it and free the engine.
 
-The hop to a model service is plain HTTP/1.1 on kept-alive connections, parsed by
-httptools (the C parser uvicorn itself uses): every token of a stream passes through here,
-and a general-purpose client (httpx) spent about as much CPU per token as vLLM's own HTTP
-layer (docs/gateway.md).
+The hop to a model service is plain HTTP/1.1 on kept-alive connections, parsed by httptools
+(the C parser uvicorn itself uses). Every token of a stream passes through here, and a
+general-purpose client (httpx) spent about 150 µs of CPU per token, more than the model
+service's whole HTTP worker; this hop spends about 45 µs (docs/gateway.md).
 """
 
 from __future__ import annotations
