@@ -60,8 +60,7 @@ async def read_all(connection: gateway.Connection) -> bytes:
 async def request(upstream: gateway.Upstream, body: bytes = b'{"model": "m"}') -> tuple[int, list, bytes]:
     """Status, headers and body of a reply, read as the router reads it."""
     headers = [(b"content-type", b"application/json")]
-    connection = await upstream.send("POST", "/v1/completions", headers, body)
-    connection = await upstream.head(connection, "POST", "/v1/completions", headers, body)
+    connection = await upstream.request("POST", "/v1/completions", headers, body, watch=lambda _: None)
     status, reply_headers = connection.status, list(connection.headers)
     data = await read_all(connection)
     upstream.release(connection)
@@ -121,12 +120,35 @@ def test_request_on_a_connection_closing_unanswered_is_sent_again_once(tmp_path)
         writer.write(json_reply(b"answer %d" % n))
         return True
 
+    watched = []
+
     async def scenario(upstream):
         assert (await request(upstream))[2] == b"answer 1"
-        assert (await request(upstream))[2] == b"answer 3"  # the same request, sent again on a new connection
+        connection = await upstream.request("POST", "/v1/completions", [], b"{}", watch=watched.append)
+        assert await read_all(connection) == b"answer 3"  # the same request, sent again on a new connection
+        assert watched == [watched[0], connection] and watched[0] is not connection  # both were watched
 
     service = run_with_service(tmp_path, reply, scenario)
     assert service.connections == 2 and service.requests[1] == service.requests[2]
+
+
+def test_request_the_service_dropped_after_working_on_it_is_not_sent_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(gateway, "RETRY_WINDOW_S", 0.2)
+
+    async def reply(n, writer):
+        if n == 2:
+            await asyncio.sleep(0.4)  # working on it, then gone (a crash): sending it again could run it twice
+            return False
+        writer.write(json_reply(b"answer %d" % n))
+        return True
+
+    async def scenario(upstream):
+        assert (await request(upstream))[2] == b"answer 1"
+        with pytest.raises(gateway.UpstreamError, match="closed the connection"):
+            await request(upstream)
+
+    service = run_with_service(tmp_path, reply, scenario)
+    assert service.connections == 1 and len(service.requests) == 2
 
 
 def test_new_connection_closing_unanswered_is_an_upstream_error(tmp_path):
@@ -152,8 +174,7 @@ def test_chunks_are_passed_on_as_they_arrive(tmp_path):
 
     async def scenario(upstream):
         release["second"] = asyncio.Event()
-        connection = await upstream.send("POST", "/v1/completions", [], b"{}")
-        connection = await upstream.head(connection, "POST", "/v1/completions", [], b"{}")
+        connection = await upstream.request("POST", "/v1/completions", [], b"{}", watch=lambda _: None)
         assert connection.status == 200
         assert await connection.read() == (b"data: one\n\n", False)  # before the service sent the second
         release["second"].set()
@@ -170,8 +191,7 @@ def test_reply_cut_off_midway_is_an_upstream_error_after_its_first_part(tmp_path
         return False
 
     async def scenario(upstream):
-        connection = await upstream.send("POST", "/v1/completions", [], b"{}")
-        connection = await upstream.head(connection, "POST", "/v1/completions", [], b"{}")
+        connection = await upstream.request("POST", "/v1/completions", [], b"{}", watch=lambda _: None)
         assert await connection.read() == (b"data: one\n\n", False)
         with pytest.raises(gateway.UpstreamError, match="closed the connection"):
             await connection.read()
@@ -194,8 +214,7 @@ def test_large_reply_to_a_slow_client_pauses_the_service_and_arrives_whole(tmp_p
         return True
 
     async def scenario(upstream):
-        connection = await upstream.send("POST", "/v1/completions", [], b"{}")
-        connection = await upstream.head(connection, "POST", "/v1/completions", [], b"{}")
+        connection = await upstream.request("POST", "/v1/completions", [], b"{}", watch=lambda _: None)
         received, most_held = [], 0
         while True:
             await asyncio.sleep(0.01)  # a slow client
@@ -214,6 +233,6 @@ def test_unreachable_service_is_an_upstream_error(tmp_path):
     async def scenario():
         upstream = gateway.Upstream(f"file://{tmp_path / 'nobody.sock'}")
         with pytest.raises(gateway.UpstreamError, match="cannot connect"):
-            await upstream.send("POST", "/v1/completions", [], b"{}")
+            await upstream.request("POST", "/v1/completions", [], b"{}", watch=lambda _: None)
 
     asyncio.run(scenario())

@@ -44,8 +44,11 @@ NOT_RETURNED = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"
 # reading from the model service pauses until the client has taken them.
 HIGH_WATER_BYTES = 1 << 20
 # An idle kept-alive connection older than this is closed rather than reused: uvicorn, which
-# serves the model services, closes idle connections after 5 s.
+# serves the model services, closes idle connections after 5 s (BentoML's worker default).
 IDLE_REUSE_S = 4.0
+# A request on a reused connection that closes unanswered within this is sent again (the
+# service's idle close crossed it); after it, the service may have started on it.
+RETRY_WINDOW_S = 1.0
 
 
 class UpstreamError(ConnectionError):
@@ -59,7 +62,8 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
-        self.idle_since = 0.0
+        self.idle_since = 0.0  # when it was last put back for reuse; 0 for a new connection
+        self.sent_at = 0.0
         self.reset()
 
     def reset(self) -> None:
@@ -113,6 +117,7 @@ class Connection(asyncio.Protocol):
 
     # the router's side ------------------------------------------------------------------
     def send_request(self, data: bytes) -> None:
+        self.sent_at = time.monotonic()
         self.transport.write(data)
 
     def fail(self, error: BaseException) -> None:
@@ -190,27 +195,35 @@ class Upstream:
             connection.fail(UpstreamError("idle"))
         return None
 
-    async def send(self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes) -> Connection:
-        """Send a request on a kept-alive connection, or on a new one; its reply is read from the result."""
+    async def _send(self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes) -> Connection:
         lines = [f"{method} {target} HTTP/1.1".encode(), b"host: " + self.host_header, b"content-length: " + str(len(body)).encode()]
         lines += [name + b": " + value for name, value in headers]
-        data = b"\r\n".join(lines) + b"\r\n\r\n" + body
         connection = self._reusable() or await self._connect()
-        connection.send_request(data)
+        connection.send_request(b"\r\n".join(lines) + b"\r\n\r\n" + body)
         return connection
 
-    async def head(self, connection: Connection, method: str, target: str, headers, body: bytes) -> Connection:
-        """Wait for the reply's status and headers. A kept-alive connection that the service closed
-        before answering a byte (it closes idle ones) is retried once on a new connection."""
+    async def request(self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes,
+                      watch: t.Callable[[Connection], None]) -> Connection:
+        """Send a request and wait for its reply's status and headers; read the body from the result.
+
+        `watch` is given each connection the request goes out on, before the wait (the router
+        closes it if its client goes away). A request on a kept-alive connection that the
+        service closed at once, without a byte of answer (it closes idle ones), is sent again
+        once on a new connection; a later close may be a service that died while working on it.
+        """
+        connection = await self._send(method, target, headers, body)
+        watch(connection)
         try:
             await connection.head()
             return connection
         except UpstreamError:
-            if connection.received or connection.idle_since == 0.0:
+            reused = connection.idle_since != 0.0
+            if connection.received or not reused or time.monotonic() - connection.sent_at > RETRY_WINDOW_S:
                 raise
-        retry = await self.send(method, target, headers, body)
-        await retry.head()
-        return retry
+        connection = await self._send(method, target, headers, body)
+        watch(connection)
+        await connection.head()
+        return connection
 
     def release(self, connection: Connection) -> None:
         """Keep a connection whose reply was read to the end; close any other."""
@@ -222,8 +235,7 @@ class Upstream:
             connection.fail(UpstreamError("not reusable"))
 
     async def get_json(self, path: str, headers: list[tuple[bytes, bytes]]) -> t.Any:
-        connection = await self.send("GET", path, headers, b"")
-        connection = await self.head(connection, "GET", path, headers, b"")
+        connection = await self.request("GET", path, headers, b"", watch=lambda _: None)
         parts = []
         while True:
             data, done = await connection.read()
@@ -377,19 +389,20 @@ class Router:
         method = scope["method"]
         target = quote(scope["path"]) + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
         headers = [(k, v) for k, v in scope["headers"] if k not in NOT_FORWARDED]
-        try:
-            connection = await upstream.send(method, target, headers, body)
-        except UpstreamError as exc:
-            await self._bad_gateway(send, model, exc)
-            return
         # A client that goes away closes the connection to the model service: vLLM aborts the request.
-        watcher = asyncio.ensure_future(until_disconnect(receive))
-        watcher.add_done_callback(lambda task: task.cancelled() or connection.complete or connection.fail(ClientGone()))
+        gone = asyncio.ensure_future(until_disconnect(receive))
+        used: list[Connection] = []
+
+        def watch(connection: Connection) -> None:
+            used.append(connection)
+            gone.add_done_callback(lambda task: task.cancelled() or connection.complete or connection.fail(ClientGone()))
+
         try:
             try:
-                connection = await upstream.head(connection, method, target, headers, body)
+                connection = await upstream.request(method, target, headers, body, watch)
             except UpstreamError as exc:
-                await self._bad_gateway(send, model, exc)
+                self.counts.add(model, 502)
+                await send_json(send, 502, openai_error(502, f"The service of `{model}` did not answer: {exc}", "BadGatewayError"))
                 return
             self.counts.add(model, connection.status)
             returned = [(k, v) for k, v in connection.headers if k not in NOT_RETURNED]
@@ -407,9 +420,6 @@ class Router:
             logger.warning("the reply of `%s` broke off: %s", model, exc)
             raise
         finally:
-            watcher.cancel()
-            upstream.release(connection)
-
-    async def _bad_gateway(self, send, model: str, exc: Exception) -> None:
-        self.counts.add(model, 502)
-        await send_json(send, 502, openai_error(502, f"The service of `{model}` did not answer: {exc}", "BadGatewayError"))
+            gone.cancel()
+            for connection in used:
+                upstream.release(connection)
