@@ -236,3 +236,25 @@ def test_unreachable_service_is_an_upstream_error(tmp_path):
             await upstream.request("POST", "/v1/completions", [], b"{}", watch=lambda _: None)
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("scheme", ["tcp", "http"])
+def test_service_on_a_tcp_port_is_reached_with_its_host_header(scheme):
+    """`tcp://` is how BentoML names a dependency's port where it uses no unix socket; `http://`, a deployed one's."""
+    async def reply(n, writer):
+        writer.write(json_reply(b"over tcp"))
+        return True
+
+    service = FakeService(reply)
+
+    async def main() -> tuple[bytes, int]:
+        server = await asyncio.start_server(service.handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return (await asyncio.wait_for(request(gateway.Upstream(f"{scheme}://127.0.0.1:{port}")), 30))[2], port
+        finally:
+            server.close()
+
+    data, port = asyncio.run(main())
+    assert data == b"over tcp"
+    assert f"\r\nhost: 127.0.0.1:{port}\r\n".encode() in service.requests[0]
