@@ -13,9 +13,9 @@ Two sides, one server at a time, in the order service, gateway, service, gateway
 The load is bench.py's: vLLM's own serving benchmark (random prompts, fixed seed,
 ignore_eos, greedy, /v1/completions) at each concurrency, after the cold start. It prints
 gateway / service ratios (median over the pairs, [min - max]) and writes the raw results
-as bench/results/<model>-gateway-<UTC time>.json, with a plot beside it (.png). Server CPU is that of the BentoML
-workers over the measured requests: the model service's alone, against the gateway's and
-the model service's. Measuring, statistics and table are bench_run's, bench_stats' and
+as bench/results/<model>-gateway-<UTC time>.json, with a plot beside it (.png). Server CPU
+is that of the BentoML workers over the measured requests: the model service's alone,
+against the gateway's and the model service's. Measuring, statistics and table are bench_run's, bench_stats' and
 bench_report's, with these two sides; this module only makes the sides.
 """
 

@@ -31,6 +31,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "scripts")]
 
+from bench_run import one_bento_worker  # noqa: E402
 from serving import ServerProcess, bento_server, free_port  # noqa: E402
 
 EVENTS_PER_REQUEST = 64
@@ -83,9 +84,7 @@ def start(server: str, folder: Path) -> tuple[ServerProcess, psutil.Process]:
     if server == "bentoml":
         process = bento_server(folder, port, log_path=folder / "bentoml.log").start()
         process.wait_ready(120)
-        worker = next(p for p in psutil.Process(process.process.pid).children(recursive=True)
-                      if "_bentoml_impl.worker.service" in " ".join(p.cmdline()))
-        return process, worker
+        return process, one_bento_worker(process)[0]
     process = ServerProcess([sys.executable, "-m", "uvicorn", "stream_app:app", "--port", str(port), "--log-level", "warning"],
                             port=port, ready_path="/health", cwd=folder, log_path=folder / "uvicorn.log").start()
     process.wait_ready(60)
