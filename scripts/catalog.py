@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gpus import DEFAULT_GPU_MEMORY_UTILIZATION, Fit, gpu_fit
+from scripts.gpus import DEFAULT_GPU_MEMORY_UTILIZATION, Fit, gpu_fit
 
 SLUG = r"^[a-z0-9]+(?:[a-z0-9._-]*[a-z0-9])?$"
 ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
@@ -389,7 +389,10 @@ def load_catalog(path: Path) -> list[Entry]:
 
 def vllm_parser_problems(entry: Entry) -> list[str]:
     """Parse the entry's flags with `vllm serve`'s own parser, as the service will at start."""
-    from vllm_openai import engine_argv, parse_engine_args  # templates/, put on sys.path by the generator
+    from scripts.templates import template_module
+
+    vllm_openai = template_module("vllm_openai")
+    engine_argv, parse_engine_args = vllm_openai.engine_argv, vllm_openai.parse_engine_args
 
     stderr = io.StringIO()
     try:

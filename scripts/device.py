@@ -1,6 +1,6 @@
 """Print the device this machine serves on, `gpu` or `cpu`: the lock `make install` installs.
 
-    python3 scripts/device.py
+    python3 -m scripts.device
 
 A machine is a GPU machine when the NVIDIA driver is found: `nvidia-smi` runs, or the driver's
 /proc/driver/nvidia exists (a container given a GPU has one or both). Standard library only:

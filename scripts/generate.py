@@ -1,6 +1,6 @@
 """Render models/<name>/ for every catalog entry from templates/, or check that it is current.
 
-    python scripts/generate.py [--catalog PATH] [--out DIR] [--check] [--only NAME ...]
+    python -m scripts.generate [--catalog PATH] [--out DIR] [--check] [--only NAME ...]
 
 Exit codes: 0 done (or up to date), 1 --check found drift, 2 the catalog is invalid.
 Nothing is written unless the whole catalog is valid; each folder is rendered in a
@@ -21,14 +21,13 @@ import jinja2
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ROOT / "templates"
-sys.path[:0] = [str(Path(__file__).parent), str(TEMPLATES)]
 
-from catalog import (  # noqa: E402
+from scripts.catalog import (  # noqa: E402
     CatalogError, Entry, Gateway, entry_engine_config, json_schema, load_catalog, load_gateways, served_names, service_module,
 )
-from gpus import GPU_MEMORY_GB, weight_bytes_per_param  # noqa: E402
-from lock import LOCKS, VLLM, Lock, read_lock  # noqa: E402
-from pyrepr import pyrepr  # noqa: E402
+from scripts.gpus import GPU_MEMORY_GB, weight_bytes_per_param  # noqa: E402
+from scripts.lock import LOCKS, VLLM, Lock, read_lock  # noqa: E402
+from scripts.pyrepr import pyrepr  # noqa: E402
 
 MARKER = ".llm-bentos-generated"
 # The Python that constraints.txt was locked and tested with: the Bento's image and each folder's README.

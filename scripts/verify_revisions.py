@@ -1,6 +1,6 @@
 """`make verify-revisions`: ask the Hub whether every revision the catalog pins exists.
 
-    python scripts/verify_revisions.py [--catalog catalog.yaml]
+    python -m scripts.verify_revisions [--catalog catalog.yaml]
 
 Asks the Hub at HF_ENDPOINT (default https://huggingface.co), with HF_TOKEN when set, for each
 model and LoRA adapter pinned by a Hugging Face id. Prints each pin the Hub does not have
@@ -15,9 +15,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(Path(__file__).parent), str(ROOT / "templates")]
 
-from catalog import CatalogError, Entry, load_catalog  # noqa: E402
+from scripts.catalog import CatalogError, Entry, load_catalog  # noqa: E402
 
 
 class HubUnreachable(Exception):

@@ -1,4 +1,4 @@
-"""Shared test setup: the repository's scripts/ and templates/ importable, and catalog helpers."""
+"""Shared test setup: catalog helpers and served models (pytest.ini puts the root and templates/ on the path)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,7 @@ import yaml
 from openai import OpenAI
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "templates")]
-
-from serving import ServerProcess, bento_server, end_all, free_port  # noqa: E402
+from scripts.serving.process import ServerProcess, bento_server, end_all, free_port
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +57,8 @@ def bentoml_home(tmp_path_factory) -> str:
     """A private BentoML home holding the tiny model, made by the repository's own script."""
     home = tmp_path_factory.mktemp("bentoml-home")
     subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "tiny_model.py")],
+        [sys.executable, "-m", "scripts.tiny"],
+        cwd=ROOT,
         env={**os.environ, "BENTOML_HOME": str(home)},
         check=True,
         capture_output=True,
@@ -173,7 +172,7 @@ def client(tiny_server) -> OpenAI:
 SMALL_KV_CACHE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 
 
-# A Hugging Face Hub on localhost (scripts/local_hub.py), reached through HF_ENDPOINT.
+# A Hugging Face Hub on localhost (scripts/tiny/hub.py), reached through HF_ENDPOINT.
 TINY_REPO = "llm-bentos-test/tiny-chat"
 GATED_REPO = "llm-bentos-test/tiny-gated"
 
@@ -182,7 +181,7 @@ GATED_REPO = "llm-bentos-test/tiny-gated"
 class HubForTests:
     url: str
     token: str  # random, made for this run; it opens GATED_REPO
-    hub: t.Any  # local_hub.LocalHub: tests may add repositories to hub.repos
+    hub: t.Any  # scripts.tiny.hub.LocalHub: tests may add repositories to hub.repos
 
     def env(self, tmp_path: Path, token: bool = False) -> dict[str, str]:
         """Environment of a process that talks to this Hub, with a private HF cache (and HF_TOKEN)."""
@@ -192,7 +191,7 @@ class HubForTests:
 
     def add(self, repo_id: str, folder: Path, gated: bool = False) -> str:
         """Serve folder as repo_id; return its commit."""
-        from local_hub import Repo
+        from scripts.tiny.hub import Repo
 
         self.hub.repos[repo_id] = Repo(folder, gated=gated)
         return self.hub.repos[repo_id].sha
@@ -202,14 +201,14 @@ class HubForTests:
 def tiny_folder(tmp_path_factory) -> Path:
     """The tiny model as a plain Hugging Face folder, made by the repository's own script."""
     folder = tmp_path_factory.mktemp("tiny-folder") / "tiny"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "tiny_model.py"), "--out", str(folder)], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "scripts.tiny", "--out", str(folder)], cwd=ROOT, check=True, capture_output=True)
     return folder
 
 
 @pytest.fixture(scope="session")
 def local_hub(tiny_folder) -> t.Iterator[HubForTests]:
     """The Hub stand-in with the tiny model, public and gated; its token exists only in this process."""
-    from local_hub import LocalHub, serve_in_thread
+    from scripts.tiny.hub import LocalHub, serve_in_thread
 
     hub = LocalHub({}, token=secrets.token_urlsafe(24))
     with serve_in_thread(hub) as url:

@@ -8,16 +8,16 @@ import os
 import subprocess
 import sys
 
-import bench_client
-import bench_run
-import bench_stats
+from scripts.bench import client as bench_client
+from scripts.bench import run as bench_run
+from scripts.bench import stats as bench_stats
 import pytest
 from conftest import ROOT
 
 
 def run_to_end(command: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
     """Run the benchmark; past the timeout, SIGTERM it so that it stops the server it runs."""
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -27,10 +27,11 @@ def run_to_end(command: list[str], env: dict[str, str], timeout: float) -> subpr
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
+@pytest.mark.serves
 def test_small_benchmark_compares_both_sides(tmp_path):
     out = tmp_path / "results"
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml-home")}  # bench.py imports the tiny model here
-    done = run_to_end([sys.executable, str(ROOT / "scripts" / "bench.py"), "--model", "tiny-dev", "--runs", "1",
+    done = run_to_end([sys.executable, "-m", "scripts.bench", "--model", "tiny-dev", "--runs", "1",
                        "--concurrency", "2", "--num-prompts", "4", "--output-len", "8", "--out", str(out)],
                       env=env, timeout=1500)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -68,8 +69,8 @@ def test_small_benchmark_compares_both_sides(tmp_path):
     assert "mean TTFT outside vLLM's engine" in done.stdout
 
     # --pool: the same file twice is two pairs with the same ratios, and the same table.
-    pooled = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--pool", str(result_path), str(result_path)],
-                            capture_output=True, text=True, timeout=120)
+    pooled = subprocess.run([sys.executable, "-m", "scripts.bench", "--pool", str(result_path), str(result_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert pooled.returncode == 0, pooled.stderr[-3000:]
     assert "Bento / vLLM for tiny-dev: median over 2 pair(s)" in pooled.stdout
     pooled_row = next(line for line in pooled.stdout.splitlines() if line.split()[:1] == ["2"])

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import bench_gateway
-import bench_report
-import bench_stats
+from scripts.bench import gateway as bench_gateway
+from scripts.bench import report as bench_report
+from scripts.bench import stats as bench_stats
 import pytest
-from catalog import load_catalog
+from scripts.catalog import load_catalog
 from conftest import ROOT
 
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT, serve_folder
 from openai import OpenAI
 
-import bento
+from scripts.serving import bento
 
 
 def make(*args: str, **env: str) -> subprocess.CompletedProcess:
@@ -33,6 +33,7 @@ def test_containerize_without_an_engine_says_what_to_install():
     )
 
 
+@pytest.mark.serves
 def test_build_on_a_fresh_checkout_makes_the_model_and_the_bento_serves_without_secrets(tmp_path):
     home = tmp_path / "home"  # an empty BentoML home: no `make demo` or `make serve` before
     canary = "hf_canary_" + os.urandom(8).hex()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from catalog import CatalogError, load_catalog
+from scripts.catalog import CatalogError, load_catalog
 from conftest import ROOT, entry_named
 
 
@@ -233,7 +233,7 @@ def test_a_credential_inside_a_json_setting_is_refused(write_catalog, catalog_da
 
 
 def test_server_settings_that_do_nothing_in_bentoml_are_refused_with_the_reason(write_catalog, catalog_data):
-    from catalog import NO_EFFECT_SETTINGS
+    from scripts.catalog import NO_EFFECT_SETTINGS
 
     entry = entry_named(catalog_data, "tiny-dev")
     entry["server"] = {key: 1 for key in NO_EFFECT_SETTINGS}
@@ -246,7 +246,7 @@ def test_server_settings_that_do_nothing_in_bentoml_are_refused_with_the_reason(
 
 def test_the_no_effect_table_names_only_settings_vllm_serve_takes():
     """Each name in the table is a `vllm serve` flag of the pinned vLLM: no typo, none renamed away."""
-    from catalog import NO_EFFECT_SETTINGS, SECRET_SETTINGS
+    from scripts.catalog import NO_EFFECT_SETTINGS, SECRET_SETTINGS
     from vllm.entrypoints.launchers.cli_args import make_arg_parser
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from catalog import entry_engine_config, load_catalog
+from scripts.catalog import entry_engine_config, load_catalog
 from conftest import ROOT, entry_named
 from test_catalog import problems
 

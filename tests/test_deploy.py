@@ -10,7 +10,7 @@ from bentoml_cli.deployment import deploy_command
 from bentoml_cli.secret import parse_kvs_argument_callback
 from test_bento import make
 
-import bento
+from scripts.serving import bento
 
 CANARY = "canary_" + os.urandom(8).hex()
 SECRET_VALUES = {"HF_TOKEN": "hf_" + CANARY, "VLLM_API_KEY": CANARY, "BENTO_CLOUD_API_KEY": CANARY}

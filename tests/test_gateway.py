@@ -22,12 +22,14 @@ import pytest
 from chat_page import last, new_chat, send
 from conftest import ROOT, SMALL_KV_CACHE_ENV, serve_folder
 
+pytestmark = pytest.mark.serves  # every test here serves a model: not in `make test-quick`
+
 KEY = "sk-gateway-" + os.urandom(6).hex()
 AUTH = {"Authorization": f"Bearer {KEY}"}
 CHAT = [{"role": "user", "content": "Tell me a story about a robot."}]
 CHAT_MODELS = ["tiny-dev", "tiny-think", "tiny-lora"]
 ALL_MODELS = [*CHAT_MODELS, "tiny-embed"]
-HIDDEN_SIZE = 256  # scripts/tiny_model.py
+HIDDEN_SIZE = 256  # scripts/tiny/llama.py
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,13 @@ import os
 import subprocess
 from pathlib import Path
 
-import generate
+from scripts import generate
 import pytest
 import yaml
-from catalog import CatalogError, load_catalog, load_gateways
+from scripts.catalog import CatalogError, load_catalog, load_gateways
 from conftest import ROOT, entry_named
 
-import bento
+from scripts.serving import bento
 
 TINY = ["tiny-dev", "tiny-think", "tiny-embed"]
 
@@ -168,8 +168,8 @@ def test_make_deploy_dry_run_of_a_gateway():
 
 def test_gateway_builds_into_one_bento_with_every_service(bentoml_home):
     env = {**os.environ, "BENTOML_HOME": bentoml_home}
-    built = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "scripts" / "bento.py"), "build", "tiny-gateway"],
-                           env=env, capture_output=True, text=True, timeout=600)
+    built = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "scripts.serving.bento", "build", "tiny-gateway"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr[-2000:]
     tag = built.stdout.strip().splitlines()[-1]
     info = subprocess.run([str(ROOT / ".venv" / "bin" / "bentoml"), "get", tag, "-o", "json"], env=env,

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
+
 from conftest import ROOT, SMALL_KV_CACHE_ENV, folder_server, run_until_exit
+
+pytestmark = pytest.mark.serves  # every test here serves a model: not in `make test-quick`
 
 
 def test_model_that_cannot_load_stops_the_gateway_and_every_model_service(tmp_path, bentoml_home):

@@ -6,13 +6,10 @@ one, and a reply larger than the router holds while its client is slow."""
 from __future__ import annotations
 
 import asyncio
-import sys
 
 import pytest
-from conftest import ROOT
 
-sys.path.insert(0, str(ROOT / "templates" / "gateway"))
-import gateway  # noqa: E402
+import gateway  # templates/gateway/gateway.py, on the path by pytest.ini
 
 
 class FakeService:

@@ -8,7 +8,7 @@ from pathlib import Path
 import subprocess
 import sys
 
-import generate
+from scripts import generate
 import pytest
 from conftest import ROOT, entry_named
 
@@ -98,7 +98,8 @@ def test_broken_catalog_writes_nothing_and_says_where(generated, write_catalog, 
     catalog = write_catalog([bad], name="broken.yaml")
     before = tree_digest(out.parent)
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "generate.py"), "--catalog", str(catalog), "--out", str(out)],
+        [sys.executable, "-m", "scripts.generate", "--catalog", str(catalog), "--out", str(out)],
+        cwd=ROOT,
         capture_output=True,
         text=True,
     )

@@ -14,10 +14,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import device  # noqa: E402
-import lock  # noqa: E402
+from scripts import device, lock
 
 MODELS = ROOT / "models"
 GPU_ENTRY, CPU_ENTRY = "qwen3-8b", "tiny-dev"

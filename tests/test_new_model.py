@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from catalog import load_catalog, output_parsers
+from scripts.catalog import load_catalog, output_parsers
 from conftest import GATED_REPO, ROOT, last_entry, make_new
-from model_facts import ModelError, read_facts
-from new_model import with_entry
-from parsers import FAMILIES
+from scripts.model_facts import ModelError, read_facts
+from scripts.new_model import with_entry
+from scripts.parsers import FAMILIES
 
 # Real-shaped configs (numbers of the published config.json files); no weights are needed for sizing.
 QWEN3_MOE = {

@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY, Counter, Histogram, values
 from starlette.testclient import TestClient
 
 import patches
-from generate import read_constraints
+from scripts.generate import read_constraints
 
 PATCHES = [patches.fix_request_timeout, patches.keep_vllm_metrics_in_process, patches.leave_out_http_metrics]
 

@@ -12,6 +12,8 @@ import pytest
 from chat_page import CHAT_ROUTE, add_to_requests, engine_core, engine_paused, last, new_chat, open_chat, roles, send
 from conftest import ARTIFACTS, ROOT, serve_folder
 
+pytestmark = pytest.mark.serves  # every test here serves a model: not in `make test-quick`
+
 KEY = "sk-test-" + os.urandom(6).hex()
 CHAT = [{"role": "user", "content": "Hello"}]
 

@@ -7,7 +7,9 @@ import pytest
 from conftest import ROOT, serve_folder
 from openai import OpenAI
 
-HIDDEN_SIZE = 256  # scripts/tiny_model.py
+pytestmark = pytest.mark.serves  # every test here serves a model: not in `make test-quick`
+
+HIDDEN_SIZE = 256  # scripts/tiny/llama.py
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,9 @@ import httpx
 import psutil
 import pytest
 from conftest import ARTIFACTS, ROOT, folder_server, run_until_exit, serve_folder
-from serving import BIN, ServerProcess, free_port, http_status
+from scripts.serving.process import BIN, ServerProcess, free_port, http_status
+
+pytestmark = pytest.mark.serves  # every test here serves a model: not in `make test-quick`
 
 TINY_DEV = ROOT / "models" / "tiny-dev"
 LAUNCHES = {"child": False, "pid1": True}  # pid_namespace for each way of starting the server

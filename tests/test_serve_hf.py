@@ -5,9 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import generate
+import pytest
+
+from scripts import generate
 from conftest import ROOT, entry_named, serve_folder
 from openai import OpenAI
+
+pytestmark = pytest.mark.serves  # every test here serves a model: not in `make test-quick`
 
 REPO_ID = "llm-bentos-test/tiny-llama"
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -16,7 +20,8 @@ REVISION = "0123456789abcdef0123456789abcdef01234567"
 def test_hf_model_from_an_offline_cache_serves(tmp_path, write_catalog, catalog_data):
     cache = tmp_path / "hf-cache"
     subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "tiny_model.py"), "--hf-cache", str(cache), "--repo-id", REPO_ID, "--revision", REVISION],
+        [sys.executable, "-m", "scripts.tiny", "--hf-cache", str(cache), "--repo-id", REPO_ID, "--revision", REVISION],
+        cwd=ROOT,
         check=True,
         capture_output=True,
     )

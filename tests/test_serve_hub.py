@@ -1,4 +1,4 @@
-"""The download path users take on first serve, against a Hub on localhost (scripts/local_hub.py).
+"""The download path users take on first serve, against a Hub on localhost (scripts/tiny/hub.py).
 
 `make new` pins the commit the Hub resolves for a gated repository; `bentoml serve` of that entry
 then downloads exactly that revision through BentoML's HuggingFaceModel into an empty cache and
@@ -12,11 +12,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import generate
+from scripts import generate
 import pytest
 import yaml
 from conftest import GATED_REPO, ROOT, folder_server, last_entry, make_new, run_until_exit, serve_folder
 from openai import OpenAI
+
+pytestmark = pytest.mark.serves  # every test here serves a model: not in `make test-quick`
 
 MISSING_REVISION = "0" * 40
 

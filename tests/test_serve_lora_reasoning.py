@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import generate
+from scripts import generate
 import httpx
 import pytest
 import yaml
@@ -10,7 +10,9 @@ from chat_page import last, new_chat, send
 from conftest import ARTIFACTS, entry_named, serve_folder
 from openai import OpenAI
 
-import tiny_model
+from scripts.tiny import llama as tiny_model
+
+pytestmark = pytest.mark.serves  # every test here serves a model: not in `make test-quick`
 
 CHAT = [{"role": "user", "content": "Tell me a story about a robot."}]
 

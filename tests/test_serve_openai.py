@@ -14,6 +14,8 @@ import pytest
 from conftest import ROOT
 from openai import OpenAI
 
+pytestmark = pytest.mark.serves  # every test here serves a model: not in `make test-quick`
+
 CHAT = [{"role": "user", "content": "Tell me a story about a robot."}]
 GREEDY = {"temperature": 0.0, "seed": 0}
 

@@ -6,6 +6,8 @@ import httpx
 import pytest
 from conftest import ROOT, serve_folder
 
+pytestmark = pytest.mark.serves  # every test here serves a model: not in `make test-quick`
+
 QUERY = "What is the weather like in Paris?"
 DOCUMENTS = ["It is sunny and warm in Paris.", "A robot planted seeds.", "Servers listen on ports.", "Hello! How are you today?"]
 

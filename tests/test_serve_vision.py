@@ -7,8 +7,10 @@ import io
 
 import httpx
 import pytest
-import tiny_vl
+from scripts.tiny import vl as tiny_vl
 from conftest import ROOT, serve_folder
+
+pytestmark = pytest.mark.serves  # every test here serves a model: not in `make test-quick`
 
 # Idefics3 puts each image's tokens between <fake_token_around_image><global-img> and <fake_token_around_image>.
 TOKENS_PER_IMAGE = tiny_vl.IMAGE_TOKENS + 3

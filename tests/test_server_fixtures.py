@@ -8,7 +8,7 @@ import random
 import psutil
 import pytest
 from conftest import run_until_exit
-from serving import ServerProcess, free_port
+from scripts.serving.process import ServerProcess, free_port
 
 
 def shell_server(script: str, tmp_path) -> ServerProcess:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from catalog import load_catalog
+from scripts.catalog import load_catalog
 from opentelemetry.util.http import ExcludeList
 from conftest import ROOT
 

@@ -1,4 +1,4 @@
-"""scripts/serving.py: stopping a server ends every process below it."""
+"""scripts/serving/process.py: stopping a server ends every process below it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 import time
 
 import psutil
-from serving import ServerProcess
+from scripts.serving.process import ServerProcess
 
 # A server stand-in that starts a child in a session of its own, as BentoML's supervisor
 # starts its worker, and prints the child's pid.

@@ -1,4 +1,4 @@
-"""scripts/stack_cost.py on a few requests: the generated service's BentoML layers, each left out once."""
+"""scripts/bench/stack_cost.py on a few requests: the generated service's BentoML layers, each left out once."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ import subprocess
 import sys
 
 import pytest
-import stack_cost
+from scripts.bench import stack_cost
 from conftest import ROOT
 
 
+@pytest.mark.serves
 def test_stack_cost_measures_every_layer_of_the_generated_service():
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "stack_cost.py"), "--model", "tiny-dev", "--requests", "20", "--chunks", "4"],
-        capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "scripts.bench.stack_cost", "--model", "tiny-dev", "--requests", "20", "--chunks", "4"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     header, *lines = done.stdout.splitlines()  # BentoML's access log lines are not among them

@@ -1,4 +1,4 @@
-"""scripts/tiny_model.py: the offline tiny Llama is deterministic, servable-shaped, and lands where asked."""
+"""scripts/tiny/llama.py: the offline tiny Llama is deterministic, servable-shaped, and lands where asked."""
 
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ import json
 import os
 import subprocess
 import sys
+import importlib
 import textwrap
 from pathlib import Path
 
 import pytest
 
-import tiny_model
+from scripts.tiny import common
+from scripts.tiny import llama as tiny_model
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "tiny_model.py"
+ROOT = Path(__file__).resolve().parents[1]
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -42,12 +44,12 @@ def hf_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return tiny_model.build_tokenizer()
+    return common.build_tokenizer()
 
 
 def test_two_builds_are_byte_identical(hf_folder, tmp_path):
     # The second build runs through the CLI in another process, so nothing is shared in memory.
-    subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "again")], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "scripts.tiny", "--out", str(tmp_path / "again")], cwd=ROOT, check=True, capture_output=True)
     first, second = file_hashes(hf_folder), file_hashes(tmp_path / "again")
     assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"} <= set(first)
     assert first == second
@@ -57,7 +59,7 @@ def test_config_suits_vllm_on_cpu(hf_folder):
     config = json.loads((hf_folder / "config.json").read_text())
     assert config["head_dim"] >= 64
     assert config["hidden_size"] // config["num_attention_heads"] >= 64
-    assert config["vocab_size"] == tiny_model.VOCAB_SIZE
+    assert config["vocab_size"] == common.VOCAB_SIZE
     assert config["dtype"] == config["torch_dtype"] == "float32"
     assert config["tie_word_embeddings"] is False
 
@@ -67,8 +69,8 @@ def test_tokenizer_round_trips_text(tokenizer):
     ids = tokenizer(text)["input_ids"]
     assert ids[0] == tokenizer.bos_token_id
     assert tokenizer.decode(ids, skip_special_tokens=True) == text
-    assert len(tokenizer) == tiny_model.VOCAB_SIZE
-    for token in tiny_model.SPECIAL_TOKENS + tiny_model.ADDED_TOKENS:
+    assert len(tokenizer) == common.VOCAB_SIZE
+    for token in common.SPECIAL_TOKENS + common.ADDED_TOKENS:
         assert len(tokenizer(token, add_special_tokens=False)["input_ids"]) == 1, token
     assert tokenizer.eos_token == "<|eot_id|>"
 
@@ -106,16 +108,18 @@ def test_store_import_is_idempotent(tmp_path):
     # bentoml reads BENTOML_HOME once, when its container is first used: a fresh process per home.
     out = run_python(
         """
-        import tiny_model, bentoml
-        first = tiny_model.import_to_bentoml_store()
+        import bentoml
+        from scripts.tiny import llama
+        from scripts.tiny.common import import_to_bentoml_store
+        first = import_to_bentoml_store(llama.DEFAULT_TAG, llama.save_hf_folder, "tiny model")
         yaml = bentoml.models.get(first).path_of("model.yaml")
         before = open(yaml).read()
-        second = tiny_model.import_to_bentoml_store()
+        second = import_to_bentoml_store(llama.DEFAULT_TAG, llama.save_hf_folder, "tiny model")
         assert open(yaml).read() == before
         print("RESULT", first, second, [str(m.tag) for m in bentoml.models.list()])
         """,
         BENTOML_HOME=str(tmp_path),
-        PYTHONPATH=str(SCRIPT.parent),
+        PYTHONPATH=str(ROOT),
     )
     assert f"RESULT {tiny_model.DEFAULT_TAG} {tiny_model.DEFAULT_TAG} ['{tiny_model.DEFAULT_TAG}']" in out
     assert "already in the BentoML model store" in out
@@ -144,15 +148,15 @@ def test_hf_cache_wants_a_commit_sha(tmp_path):
         tiny_model.place_in_hf_cache(tmp_path, "llm-bentos/tiny-dev", "main")
 
 
-@pytest.mark.parametrize("module", ["tiny_vl", "tiny_rerank"])
+@pytest.mark.parametrize("module", ["vl", "rerank"])
 def test_vision_and_reranker_builds_are_byte_identical_and_servable_shaped(tmp_path, module):
-    builder = __import__(module)
+    builder = importlib.import_module(f"scripts.tiny.{module}")
     first, second = builder.save_hf_folder(tmp_path / "first"), builder.save_hf_folder(tmp_path / "second")
     assert file_hashes(first) == file_hashes(second)
     config = json.loads((first / "config.json").read_text())
     text = config.get("text_config", config)
     assert text["hidden_size"] // text["num_attention_heads"] >= 64  # vLLM's CPU attention
-    if module == "tiny_vl":
+    if module == "vl":
         assert config["architectures"] == ["Idefics3ForConditionalGeneration"]
         tokenizer = json.loads((first / "tokenizer_config.json").read_text())
         assert (first / "processor_config.json").is_file() and tokenizer["tokenizer_class"] == "PreTrainedTokenizerFast"

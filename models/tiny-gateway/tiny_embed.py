@@ -31,7 +31,7 @@ ENGINE_CONFIG: dict[str, t.Any] = {
     "gpu_memory_utilization": 0.2,
 }
 
-# Made offline by scripts/tiny_model.py (`make tiny-model`) in the repository.
+# Made offline by scripts/tiny/ (`make tiny-model`) in the repository.
 MODEL = bentoml.models.BentoModel("llm-bentos-tiny-dev:v2")
 
 openai_server = OpenAIServer()

@@ -32,7 +32,7 @@ ENGINE_CONFIG: dict[str, t.Any] = {
     "reasoning_parser": "deepseek_r1",
 }
 
-# Made offline by scripts/tiny_model.py (`make tiny-model`) in the repository.
+# Made offline by scripts/tiny/ (`make tiny-model`) in the repository.
 MODEL = bentoml.models.BentoModel("llm-bentos-tiny-dev:v2")
 # LoRA adapters, served by vLLM under these names beside the base model.
 LORA_ADAPTERS = {

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench_stats import METRICS, SIDES, pairs, ratios_key, spread
+from scripts.bench.stats import METRICS, SIDES, pairs, ratios_key, spread
 
 # How each side is named in the table.
 LABELS = {"vllm": "vLLM", "bento": "Bento", "service": "service", "gateway": "gateway"}

@@ -1,7 +1,7 @@
 """The CPU an HTTP server spends per streamed chunk when it does nothing else: the floor under
 the gateway's router (docs/gateway.md).
 
-    python scripts/bench_stream_floor.py [--servers bentoml uvicorn] [--concurrency 8] [--seconds 15]
+    python -m scripts.bench.stream_floor [--servers bentoml uvicorn] [--concurrency 8] [--seconds 15]
 
 One ASGI app streams 64 ready-made server-sent events per request, one every 2 ms, as tokens
 come. It is served by each server in turn, one server at a time:
@@ -28,11 +28,10 @@ from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "scripts")]
+ROOT = Path(__file__).resolve().parents[2]
 
-from bench_run import one_bento_worker  # noqa: E402
-from serving import ServerProcess, bento_server, free_port  # noqa: E402
+from scripts.bench.run import one_bento_worker  # noqa: E402
+from scripts.serving.process import ServerProcess, bento_server, free_port  # noqa: E402
 
 EVENTS_PER_REQUEST = 64
 STREAM_APP = f'''"""An ASGI app that streams ready-made server-sent events, one every 2 ms."""
@@ -98,8 +97,8 @@ def cpu_seconds(process: psutil.Process) -> float:
 
 def client(url: str, concurrency: int, seconds: float) -> int:
     """Run the client in its own process; the events it read."""
-    done = subprocess.run([sys.executable, __file__, "--client", url, str(concurrency), str(seconds)],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-m", __spec__.name, "--client", url, str(concurrency), str(seconds)],
+                          cwd=ROOT, capture_output=True, text=True, check=True)
     return int(done.stdout.split()[-1])
 
 

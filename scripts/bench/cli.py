@@ -1,8 +1,8 @@
 """`make bench`: the generated Bento against plain vLLM, on the same weights and engine arguments.
 
-    python scripts/bench.py [--model tiny-dev] [--runs 3] [--concurrency 1 8 32] [--num-prompts 64]
+    python -m scripts.bench [--model tiny-dev] [--runs 3] [--concurrency 1 8 32] [--num-prompts 64]
                             [--input-len 64] [--output-len 64] [--out bench/results]
-    python scripts/bench.py --pool bench/results/A.json bench/results/B.json ...
+    python -m scripts.bench --pool bench/results/A.json bench/results/B.json ...
 
 Two sides, one server at a time (two engines on one machine distort each other), in the
 order vLLM, Bento, vLLM, Bento, ... for --runs pairs:
@@ -22,9 +22,9 @@ bench/results/<model>-<UTC time>.json, a plot beside it (.png, needs matplotlib)
 server and client logs in a folder of the same name. With --pool it measures nothing and
 prints the same table over the pairs of earlier result files together.
 
-The parts: bench_run.py (servers and measurements), bench_client.py (the child process that
-drives vLLM's benchmark client), bench_stats.py (ratios, medians, intervals) and
-bench_report.py (the table and the plot).
+The parts, in scripts/bench/: run.py (servers and measurements), client.py (the child process that
+drives vLLM's benchmark client), stats.py (ratios, medians, intervals) and
+report.py (the table and the plot).
 """
 
 from __future__ import annotations
@@ -37,13 +37,11 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_report import plot, summary_table  # noqa: E402
-from bench_run import (  # noqa: E402
+from scripts.bench.report import plot, summary_table  # noqa: E402
+from scripts.bench.run import (  # noqa: E402
     ROOT, autogroup_enabled, autogroup_warning, catalog_entry, measure_pairs, plain_sides, versions, vllm_command_line,
 )
-from bench_stats import SEED, pooled_runs, summarize  # noqa: E402
+from scripts.bench.stats import SEED, pooled_runs, summarize  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -56,7 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output-len", type=int, default=64, help="generated tokens, EOS ignored (default: 64)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="(default: bench/results)")
     parser.add_argument("--gateway", action="store_true",
-                        help="measure the model's service alone against it behind a gateway (scripts/bench_gateway.py)")
+                        help="measure the model's service alone against it behind a gateway (scripts/bench/gateway.py)")
     parser.add_argument("--pool", type=Path, nargs="+", metavar="RESULT_JSON",
                         help="measure nothing: summarize the pairs of these earlier result files together")
     args = parser.parse_args(argv)
@@ -101,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         print(summary_table(summarize(runs, concurrencies), model))
         return 0
     if args.gateway:
-        import bench_gateway
+        from scripts.bench import gateway as bench_gateway
 
         return bench_gateway.run(args)
     record = measure(args)

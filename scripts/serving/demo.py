@@ -12,10 +12,10 @@ from pathlib import Path
 
 from openai import OpenAI
 
-import tiny_model
-from serving import bento_server
+from scripts.tiny import llama as tiny_model
+from scripts.serving.process import bento_server
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def main() -> int:

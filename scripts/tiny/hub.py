@@ -1,6 +1,6 @@
 """A small stand-in for the Hugging Face Hub on localhost, for tests of the download path.
 
-Serves model repositories made offline (by scripts/tiny_model.py) from plain folders, each
+Serves model repositories made offline (by scripts/tiny/) from plain folders, each
 as one commit, and is reached the way users reach the Hub: `HF_ENDPOINT=http://127.0.0.1:PORT`.
 It answers exactly the routes that huggingface_hub 2.4 (pinned in constraints.txt) uses in
 `snapshot_download`, `hf_hub_download` and `HfApi.model_info`:
@@ -21,7 +21,7 @@ is ever sent, so huggingface_hub downloads plainly over HTTP and never takes its
 The one token that opens gated repositories is given by the caller (tests make a random one
 at run time): never write one into a file.
 
-    python scripts/local_hub.py --repo ORG/NAME=FOLDER [--gated ORG/NAME ...] [--port 8090]
+    python -m scripts.tiny.hub --repo ORG/NAME=FOLDER [--gated ORG/NAME ...] [--port 8090]
         (the token, if any, is read from $LOCAL_HUB_TOKEN)
 """
 

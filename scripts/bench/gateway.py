@@ -1,6 +1,6 @@
 """`make bench BENCH_ARGS=--gateway`: a model's service alone against the same service behind a gateway.
 
-    python scripts/bench.py --gateway [--model tiny-dev] [--runs 3] [--concurrency 1 8 32] ...
+    python -m scripts.bench --gateway [--model tiny-dev] [--runs 3] [--concurrency 1 8 32] ...
 
 Two sides, one server at a time, in the order service, gateway, service, gateway, ... for
 --runs pairs:
@@ -28,12 +28,12 @@ from pathlib import Path
 
 import psutil
 
-import bench_report
-import bench_run
-import bench_stats
-import generate
-from catalog import Entry, Gateway
-from serving import bento_server, free_port
+from scripts.bench import report as bench_report
+from scripts.bench import run as bench_run
+from scripts.bench import stats as bench_stats
+from scripts import generate
+from scripts.catalog import Entry, Gateway
+from scripts.serving.process import bento_server, free_port
 
 SIDES = ("service", "gateway")
 BENCH_GATEWAY = "bench-gateway"

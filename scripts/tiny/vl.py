@@ -11,7 +11,7 @@ build for this CPU torch; Idefics3's code and image processor (PIL backend) need
 
 What it makes, deterministically:
 
-* the byte-level BPE tokenizer of scripts/tiny_model.py with Idefics3's image tokens as
+* the byte-level BPE tokenizer of common.py with Idefics3's image tokens as
   special tokens, and a chat template that puts ``<image>`` where a content part is an
   image (the processor expands it to IMAGE_TOKENS image tokens between markers);
 * Idefics3's image processor (PIL backend), without image splitting: every image is
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import tiny_model
+from scripts.tiny import common, llama
 
 TAG = "llm-bentos-tiny-vl:v1"
 IMAGE_TOKEN = "<image>"
@@ -58,7 +58,7 @@ CHAT_TEMPLATE = """\
 
 
 def build_tokenizer():
-    return tiny_model.build_tokenizer(extra_special_tokens=IMAGE_MARKERS, chat_template=CHAT_TEMPLATE)
+    return common.build_tokenizer(extra_special_tokens=IMAGE_MARKERS, chat_template=CHAT_TEMPLATE)
 
 
 def build_processor(tokenizer):
@@ -77,7 +77,7 @@ def build_config(tokenizer):
     vision = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
                   image_size=IMAGE_SIZE, patch_size=PATCH)
     return Idefics3Config(
-        vision_config=vision, text_config=tiny_model.build_config(tokenizer).to_dict(), scale_factor=SCALE,
+        vision_config=vision, text_config=llama.build_config(tokenizer).to_dict(), scale_factor=SCALE,
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), tie_word_embeddings=False, dtype=torch.float32,
     )
 
@@ -100,4 +100,4 @@ def save_hf_folder(out_dir: Path) -> Path:
     )
     model.save_pretrained(out_dir, safe_serialization=True)
     build_processor(tokenizer).save_pretrained(out_dir)
-    return tiny_model.finish_folder(out_dir)
+    return common.finish_folder(out_dir)

@@ -1,6 +1,6 @@
 """What `--tool-strict-level` costs and buys, measured on plain vLLM with a model folder's flags.
 
-    python scripts/tool_strict_cost.py [--model tiny-dev] [--levels auto parameter] [--rounds 2] [--requests 15]
+    python -m scripts.bench.tool_strict_cost [--model tiny-dev] [--levels auto parameter] [--rounds 2] [--requests 15]
 
 vLLM 0.32's default, `auto`, holds a named `tool_choice` to the call's envelope but not to
 the tool's parameters unless the tool says `"strict": true`, which instructor's TOOLS mode
@@ -26,10 +26,9 @@ from pathlib import Path
 import httpx
 import jsonschema
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_run import ROOT, SERVER_ENV, catalog_entry, vllm_command_line  # noqa: E402
-from serving import free_port, vllm_server  # noqa: E402
+from scripts.bench.run import ROOT, SERVER_ENV, catalog_entry, vllm_command_line  # noqa: E402
+from scripts.serving.process import free_port, vllm_server  # noqa: E402
 
 # A tool as the two clients send it: no "strict", a closed schema (only the server can fail it).
 TOOL = {

@@ -6,7 +6,7 @@ forward pass. Its scores are meaningless (random weights) but deterministic.
 
 What it makes, deterministically:
 
-* a WordPiece tokenizer (at most 512 tokens) of tiny_model's corpus's words and characters, with BERT's
+* a WordPiece tokenizer (at most 512 tokens) of common.py's corpus's words and characters, with BERT's
   ``[CLS] query [SEP] document [SEP]`` pair template and token type ids;
 * a 2-layer float32 ``BertForSequenceClassification`` with ``num_labels=1`` (hidden 256,
   4 heads of 64), weights drawn after ``torch.manual_seed(0)``.
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import tiny_model
+from scripts.tiny import common
 
 TAG = "llm-bentos-tiny-rerank:v1"
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -30,11 +30,11 @@ def build_vocab() -> dict[str, int]:
     """
     from tokenizers import normalizers, pre_tokenizers
 
-    text = normalizers.BertNormalizer(lowercase=True).normalize_str(tiny_model.CORPUS)
+    text = normalizers.BertNormalizer(lowercase=True).normalize_str(common.CORPUS)
     words = sorted({word for word, _ in pre_tokenizers.BertPreTokenizer().pre_tokenize_str(text)})
     chars = sorted(set("".join(words)))
     tokens = SPECIAL_TOKENS + [w for w in words if len(w) > 1] + chars + ["##" + c for c in chars]
-    return {token: index for index, token in enumerate(tokens[: tiny_model.VOCAB_SIZE])}
+    return {token: index for index, token in enumerate(tokens[: common.VOCAB_SIZE])}
 
 
 def build_tokenizer():
@@ -83,4 +83,4 @@ def save_hf_folder(out_dir: Path) -> Path:
     model = BertForSequenceClassification(build_config(tokenizer)).to(torch.float32).eval()
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    return tiny_model.finish_folder(out_dir)
+    return common.finish_folder(out_dir)

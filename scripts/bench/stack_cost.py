@@ -1,6 +1,6 @@
 """CPU per request of BentoML's HTTP layers in a generated service, one layer left out at a time.
 
-    python scripts/stack_cost.py [--model tiny-dev] [--requests 3000] [--chunks 1]
+    python -m scripts.bench.stack_cost [--model tiny-dev] [--requests 3000] [--chunks 1]
 
 The end-to-end benchmark (`make bench`) cannot see a few microseconds per request through
 the spread between server starts. This loads the generated service as `bentoml serve`
@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ROUNDS = 5
 STAND_IN_ALONE = "<stand-in alone>"
 REQUEST_BODY = b'{"model": "m", "prompt": "hi", "max_tokens": 1, "stream": true}'
@@ -120,7 +120,6 @@ def measure_case(args: argparse.Namespace) -> dict:
     # As under `bentoml serve`: BentoML's metrics live in shared files.
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="stack-cost-metrics-"))
     model_dir = ROOT / "models" / args.model
-    sys.path.insert(0, str(model_dir))
     service = load_service(model_dir)
     stand_in = stand_in_app(args.chunks)
     sys.modules[service.inner.__module__].openai_server.app = stand_in  # vLLM's routes reach the stand-in
@@ -132,10 +131,10 @@ def measure_case(args: argparse.Namespace) -> dict:
 
 def run_case(args: argparse.Namespace, leave_out: str) -> dict:
     """A case in a child process: each builds BentoML's app once, as a server does."""
-    command = [sys.executable, __file__, "--model", args.model, "--requests", str(args.requests),
+    command = [sys.executable, "-m", __spec__.name, "--model", args.model, "--requests", str(args.requests),
                "--chunks", str(args.chunks), "--leave-out", leave_out]
     env = {**os.environ, "VLLM_API_KEY": ""}  # the service's key check passes everything, as in `make bench`
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"measuring {leave_out or 'all layers'} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.splitlines()[-1])

@@ -147,9 +147,20 @@ def with_group(pid: int, sig: int) -> None:
         pass
 
 
+# Set by `make test-quick`: a test that starts a server without the `serves` mark fails there, naming itself.
+NO_SERVERS_ENV = "LLM_BENTOS_NO_SERVERS"
+
+
+def refuse_when_no_servers(what: str) -> None:
+    if os.environ.get(NO_SERVERS_ENV):
+        raise RuntimeError(f"{NO_SERVERS_ENV} is set (make test-quick), so {what} is not started: "
+                           "a test that serves must be marked @pytest.mark.serves")
+
+
 def bento_server(folder: Path, port: int, env: dict[str, str] | None = None, log_path: Path | None = None,
                  target: str = ".", pid_namespace: bool = False) -> ServerProcess:
     """`bentoml serve` of a model folder, or of a built Bento's tag given as `target`."""
+    refuse_when_no_servers(f"`bentoml serve` of {folder}")
     return ServerProcess(
         [str(BIN / "bentoml"), "serve", target, "--host", "127.0.0.1", "--port", str(port)],
         port=port, ready_path="/readyz", cwd=folder, env=env, log_path=log_path, pid_namespace=pid_namespace,
@@ -158,6 +169,7 @@ def bento_server(folder: Path, port: int, env: dict[str, str] | None = None, log
 
 def vllm_server(argv: list[str], port: int, env: dict[str, str] | None = None, log_path: Path | None = None) -> ServerProcess:
     """Plain vLLM's OpenAI server with the given `vllm serve` arguments."""
+    refuse_when_no_servers("plain vLLM")
     return ServerProcess(
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *argv, "--port", str(port), "--host", "127.0.0.1"],
         port=port, ready_path="/health", env=env, log_path=log_path,

@@ -1,7 +1,7 @@
 """The runner of `make bench`: what to serve, one server at a time, and one measurement of it.
 
 For each started server: the cold start (process start to the first completed request),
-then `bench_client.py` in a child process at each concurrency (a warm-up, then vLLM's own
+then `client.py` in a child process at each concurrency (a warm-up, then vLLM's own
 serving benchmark with the server's counters read around the measured requests only).
 """
 
@@ -19,16 +19,17 @@ from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "templates")]
+ROOT = Path(__file__).resolve().parents[2]
 
-from bench_report import key_numbers  # noqa: E402
-from bench_stats import SEED, stalled_streams  # noqa: E402
-from catalog import Entry, ModelSource, entry_engine_config, load_catalog  # noqa: E402
-from serving import ServerProcess, bento_server, free_port, vllm_server  # noqa: E402
-from vllm_openai import engine_argv  # noqa: E402
+from scripts.bench.report import key_numbers  # noqa: E402
+from scripts.bench.stats import SEED, stalled_streams  # noqa: E402
+from scripts.catalog import Entry, ModelSource, entry_engine_config, load_catalog  # noqa: E402
+from scripts.serving.process import ServerProcess, bento_server, free_port, vllm_server  # noqa: E402
+from scripts.templates import template_module  # noqa: E402
 
-CLIENT_SCRIPT = ROOT / "scripts" / "bench_client.py"
+engine_argv = template_module("vllm_openai").engine_argv
+
+CLIENT_MODULE = "scripts.bench.client"
 READY_TIMEOUT_S = 900
 # The servers run without an API key, so that neither side checks one.
 SERVER_ENV = {"VLLM_API_KEY": ""}
@@ -58,8 +59,8 @@ def local_weights(source: ModelSource) -> str:
 
 
 def make_tiny_model_if_missing(tag: str) -> None:
-    """The offline tiny model and its LoRA adapter are made by scripts/tiny_model.py (a no-op if there)."""
-    import tiny_model
+    """The offline tiny model and its LoRA adapter are made by scripts/tiny/ (a no-op if there)."""
+    from scripts.tiny import llama as tiny_model
 
     makers = {
         tiny_model.DEFAULT_TAG: (tiny_model.save_hf_folder, "tiny random Llama chat model"),
@@ -188,14 +189,14 @@ def client_flags(server: ServerProcess, model_name: str, tokenizer: str, concurr
 
 
 def run_benchmark_client(flags: list[str], warmups: int, serving_pids: list[int], result_path: Path) -> dict:
-    """bench_client.py in a child process; its result with the server's counters over the
+    """client.py in a child process; its result with the server's counters over the
     measured requests (warm-ups excluded)."""
     log_path = result_path.with_suffix(".log")
     counters_path = result_path.with_suffix(".server.json")
-    command = [sys.executable, str(CLIENT_SCRIPT), "--warmups", str(warmups), "--serving-pid", *map(str, serving_pids),
+    command = [sys.executable, "-m", CLIENT_MODULE, "--warmups", str(warmups), "--serving-pid", *map(str, serving_pids),
                "--counters-out", str(counters_path), "--", *flags]
     with log_path.open("wb") as log:
-        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        done = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     if done.returncode != 0 or not result_path.is_file() or not counters_path.is_file():
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
         raise RuntimeError(f"vllm bench serve failed ({done.returncode}), log {log_path}:\n{tail}")

@@ -1,0 +1,1 @@
+"""Serving a model folder: server processes (process.py), build/containerize/deploy (bento.py), the demo."""
