@@ -167,26 +167,6 @@ def test_generated_gateway_imports_as_a_bentoml_service(tmp_path):
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"name": "tiny-gateway", "deps": sorted(TINY)}
 
 
-def test_deploy_gives_each_service_its_own_scaling_and_the_secrets_by_name():
-    catalog = bento.catalog()
-    gw = next(g for g in catalog["gateways"] if g["name"] == "assistant-l4")
-    args = argparse.Namespace(scaling_min=1, scaling_max=3, secret="huggingface", api_key_secret="vllm-api-key",
-                              bentocloud_auth=False, instance_type=None)
-    command = bento.gateway_deploy_command(gw, args)
-    config = json.loads(command[command.index("--config-dict") + 1])
-    assert config["name"] == "assistant-l4" and config["secrets"] == ["huggingface", "vllm-api-key"]
-    for name in ["assistant-l4", *gw["models"]]:  # BentoCloud picks each instance type from the service's resources
-        assert config["services"][name] == {"scaling": {"min_replicas": 1, "max_replicas": 3}}
-
-
-def test_make_deploy_dry_run_of_a_gateway():
-    result = subprocess.run(["make", "-s", "deploy", "MODEL=tiny-gateway", "BENTOCLOUD_AUTH=1", "DRY_RUN=1"], cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("cd models/tiny-gateway && ") and "deploy . --config-dict" in result.stdout
-    assert "--secret" not in result.stdout and '"secrets"' not in result.stdout  # no gated model, no key secret
-    assert '"access_authorization": true' in result.stdout
-
-
 def test_gateway_builds_into_one_bento_with_every_service(bentoml_home):
     env = {**os.environ, "BENTOML_HOME": bentoml_home}
     built = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "scripts" / "bento.py"), "build", "tiny-gateway"],
