@@ -19,6 +19,7 @@ import ast
 from pathlib import Path
 
 import yaml
+
 from catalog import service_module
 
 ROOT = Path(__file__).resolve().parents[1]
