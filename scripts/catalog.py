@@ -219,6 +219,32 @@ class Traffic(Strict):
     max_concurrency: int | None = Field(None, gt=0, description="requests beyond this get 503")
 
 
+# uvicorn, which serves each model service under BentoML, closes a connection idle this long (its default).
+MODEL_SERVICE_KEEP_ALIVE_S = 5
+
+
+class GatewayTimeouts(Strict):
+    """The gateway's hop to its model services (templates/gateway/gateway.py: Timeouts)."""
+
+    connect_s: float = Field(10.0, gt=0, le=300, description="seconds to open a connection to a model service")
+    idle_reuse_s: float = Field(
+        4.0, gt=0, description=f"an idle kept-alive connection older than this is not reused (below {MODEL_SERVICE_KEEP_ALIVE_S} s)"
+    )
+    retry_window_s: float = Field(
+        1.0, gt=0, le=10, description="a request on a reused connection closed unanswered within this is sent again"
+    )
+
+    @field_validator("idle_reuse_s")
+    @classmethod
+    def below_keep_alive(cls, value: float) -> float:
+        if value >= MODEL_SERVICE_KEEP_ALIVE_S:
+            raise ValueError(
+                f"must be below {MODEL_SERVICE_KEEP_ALIVE_S} s, the model services' keep-alive (uvicorn's default "
+                "under BentoML): a connection kept longer may be closed by the service as a request goes out on it"
+            )
+        return value
+
+
 class Entry(Strict):
     name: str = Field(pattern=SLUG, max_length=60, description="folder name under models/ and BentoML service name")
     description: str = Field(min_length=1)
@@ -339,6 +365,7 @@ class Gateway(Strict):
         None, description="served model name for requests without `model`; unset, such requests get a 400"
     )
     traffic: Traffic = Field(default_factory=Traffic)
+    timeouts: GatewayTimeouts = Field(default_factory=GatewayTimeouts)
 
 
 class Catalog(Strict):

@@ -6,7 +6,11 @@ import os
 import shlex
 
 import pytest
+import yaml
+from bentoml._internal.cloud.schemas.schemasv2 import DeploymentConfigSchema
+from bentoml._internal.utils.cattr import bentoml_cattr
 from bentoml_cli.deployment import deploy_command
+from conftest import ROOT
 from bentoml_cli.secret import parse_kvs_argument_callback
 from test_bento import make
 
@@ -31,6 +35,59 @@ def bentoml_deploy_options(argv: list[str]) -> dict:
     assert argv[1:3] == ["deploy", "."]
     with deploy_command.make_context("deploy", argv[2:]) as context:
         return context.params
+
+
+def gateway_dry_run(gateway: str, *args: str) -> tuple[str, dict]:
+    """The config file `make deploy MODEL=<gateway> DRY_RUN=1` prints, and what bentoml 1.4.39's `deploy`
+    parses from the command it prints, run where it says (its --config-file read back as bentoml opens it)."""
+    result = make("deploy", f"MODEL={gateway}", "DRY_RUN=1", *args, **SECRET_VALUES)
+    assert result.returncode == 0, result.stderr
+    assert CANARY not in result.stdout + result.stderr
+    header, *config, last = result.stdout.splitlines()
+    assert header == f"# build/deploy/{gateway}.yaml"
+    cd, command = last.split(" && ")
+    assert cd == f"cd models/{gateway}"
+    argv = shlex.split(command)
+    assert argv[1:3] == ["deploy", "."]
+    cwd = os.getcwd()
+    os.chdir(ROOT / "models" / gateway)
+    try:
+        with deploy_command.make_context("deploy", argv[2:]) as context:
+            options = {**context.params, "config_file": context.params["config_file"].read()}
+    finally:
+        os.chdir(cwd)
+    return "\n".join(config) + "\n", options
+
+
+def test_gateway_deploy_gives_each_service_its_own_unit_resources_scaling_and_secrets():
+    text, options = gateway_dry_run("assistant-l4", "API_KEY_SECRET=vllm-api-key", "SCALING_MIN=1", "SCALING_MAX=3")
+    assert options["config_file"] == text  # the file the command names is the one printed
+    config = bentoml_cattr.structure(yaml.safe_load(text), DeploymentConfigSchema)  # as bentoml 1.4.39 reads it
+    assert list(config.services) == ["assistant-l4", "llama3.1-8b-instruct", "qwen3-8b", "e5-mistral-7b-instruct"]
+    for service in config.services.values():
+        assert (service.scaling.min_replicas, service.scaling.max_replicas) == (1, 3)
+        assert service.instance_type is None  # BentoCloud infers it from the service's own resources
+    assert config.secrets == ["vllm-api-key", "huggingface"] and not config.access_authorization
+    # bentoml checks the gated model's HF_TOKEN against the --secret flags, not the file's secrets
+    assert options["secret"] == ("vllm-api-key", "huggingface") and options["instance_type"] is None
+    # each service says what it runs on (read from its generated module) and which secrets it reads
+    assert "  # the router: cpu 1, memory 1Gi; reads secrets: vllm-api-key\n  assistant-l4:\n" in text
+    assert "  # a model service: 1 x nvidia-l4; reads secrets: huggingface, vllm-api-key\n  llama3.1-8b-instruct:\n" in text
+    assert "  # a model service: 1 x nvidia-l4; reads secrets: vllm-api-key\n  qwen3-8b:\n" in text
+
+
+def test_gateway_deploy_with_bentocloud_auth_and_no_gated_model_names_no_secret():
+    text, options = gateway_dry_run("tiny-gateway", "BENTOCLOUD_AUTH=1")
+    config = bentoml_cattr.structure(yaml.safe_load(text), DeploymentConfigSchema)
+    assert config.access_authorization is True and config.secrets is None and options["secret"] == ()
+    assert list(config.services) == ["tiny-gateway", "tiny-dev", "tiny-think", "tiny-embed"]
+    assert "  # a model service: cpu 2, memory 4Gi; reads secrets: none\n  tiny-think:\n" in text
+
+
+def test_gateway_deploy_refuses_one_instance_type_for_every_service():
+    result = make("deploy", "MODEL=tiny-gateway", "BENTOCLOUD_AUTH=1", "INSTANCE_TYPE=gpu.l4.1", "DRY_RUN=1")
+    assert result.returncode == 2 and result.stdout == ""
+    assert "each service of a gateway gets BentoCloud's choice" in result.stderr
 
 
 @pytest.mark.parametrize(

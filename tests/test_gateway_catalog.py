@@ -61,8 +61,13 @@ def test_repository_gateways_are_valid():
         ({"default_model": "tiny-xl"}, "gateway 0 (gw): default_model: 'tiny-xl' is not a model name it serves: tiny-dev, tiny-think, tiny-lora, tiny-embed"),
         ({"name": "tiny-dev"}, "gateway 0 (tiny-dev): name: already the name of a model entry"),
         ({"routes": {}}, "gateway 0 (gw): routes: unknown field"),
+        ({"timeouts": {"connect_s": 0}}, "gateway 0 (gw): timeouts.connect_s: Input should be greater than 0"),
+        ({"timeouts": {"idle_reuse_s": 5}}, "gateway 0 (gw): timeouts.idle_reuse_s: must be below 5 s, the model services' keep-alive"),
+        ({"timeouts": {"retry_window_s": "soon"}}, "gateway 0 (gw): timeouts.retry_window_s: Input should be a valid number"),
+        ({"timeouts": {"read_s": 1}}, "gateway 0 (gw): timeouts.read_s: unknown field"),
     ],
-    ids=["unknown-entry", "duplicated-entry", "no-entries", "unknown-default", "name-of-an-entry", "unknown-field"],
+    ids=["unknown-entry", "duplicated-entry", "no-entries", "unknown-default", "name-of-an-entry", "unknown-field",
+         "connect-timeout-zero", "idle-reuse-not-below-keep-alive", "retry-window-not-a-number", "unknown-timeout"],
 )
 def test_gateway_rules_name_the_gateway_and_field(gateway_catalog, fields, message):
     path = gateway_catalog(gateway(**fields))
@@ -105,12 +110,27 @@ def test_cpu_and_gpu_entries_cannot_share_a_gateway(tmp_path, catalog_data):
     ]
 
 
-def test_invalid_gateway_writes_nothing(tmp_path, gateway_catalog, capsys):
+@pytest.mark.parametrize(
+    "fields,message",
+    [({"models": ["tiny-dev", "nope"]}, "models: 'nope' is not a catalog entry"),
+     ({"timeouts": {"idle_reuse_s": 6.0}}, "gateway 0 (gw): timeouts.idle_reuse_s: must be below 5 s")],
+    ids=["unknown-entry", "bad-timeout"],
+)
+def test_invalid_gateway_writes_nothing(tmp_path, gateway_catalog, capsys, fields, message):
     out = tmp_path / "models"
-    path = gateway_catalog(gateway(models=["tiny-dev", "nope"]))
+    path = gateway_catalog(gateway(**fields))
     assert generate.main(["--catalog", str(path), "--out", str(out)]) == 2
     assert not out.exists()
-    assert "models: 'nope' is not a catalog entry" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
+
+
+def test_gateway_timeouts_reach_the_router_in_service_py(tmp_path, gateway_catalog):
+    out = tmp_path / "models"
+    path = gateway_catalog(gateway(timeouts={"connect_s": 2.5, "retry_window_s": 0.5}))
+    assert generate.main(["--catalog", str(path), "--out", str(out)]) == 0
+    service = (out / "gw" / "service.py").read_text()
+    assert "timeouts = Timeouts(connect_s=2.5, idle_reuse_s=4.0, retry_window_s=0.5)\n" in service  # unset: the default
+    assert "Router(default_model=None, timeout=300, timeouts=timeouts)" in service
 
 
 def test_gateway_folder_is_self_contained(tmp_path, gateway_catalog):
@@ -128,7 +148,8 @@ def test_gateway_folder_is_self_contained(tmp_path, gateway_catalog):
     assert service.count("@bentoml.service(") == 1
     for module in ("tiny_dev", "tiny_think", "tiny_embed"):
         assert f"    {module} = bentoml.depends({module}.VLLM)\n" in service
-    assert 'Router(default_model="tiny-dev", timeout=300)' in service
+    assert 'Router(default_model="tiny-dev", timeout=300, timeouts=timeouts)' in service
+    assert "timeouts = Timeouts(connect_s=10.0, idle_reuse_s=4.0, retry_window_s=1.0)\n" in service  # the defaults
     assert 'service: "service:Gateway"' in (folder / "bentofile.yaml").read_text()
 
 
@@ -144,26 +165,6 @@ def test_generated_gateway_imports_as_a_bentoml_service(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"name": "tiny-gateway", "deps": sorted(TINY)}
-
-
-def test_deploy_gives_each_service_its_own_scaling_and_the_secrets_by_name():
-    catalog = bento.catalog()
-    gw = next(g for g in catalog["gateways"] if g["name"] == "assistant-l4")
-    args = argparse.Namespace(scaling_min=1, scaling_max=3, secret="huggingface", api_key_secret="vllm-api-key",
-                              bentocloud_auth=False, instance_type=None)
-    command = bento.gateway_deploy_command(gw, args)
-    config = json.loads(command[command.index("--config-dict") + 1])
-    assert config["name"] == "assistant-l4" and config["secrets"] == ["huggingface", "vllm-api-key"]
-    for name in ["assistant-l4", *gw["models"]]:  # BentoCloud picks each instance type from the service's resources
-        assert config["services"][name] == {"scaling": {"min_replicas": 1, "max_replicas": 3}}
-
-
-def test_make_deploy_dry_run_of_a_gateway():
-    result = subprocess.run(["make", "-s", "deploy", "MODEL=tiny-gateway", "BENTOCLOUD_AUTH=1", "DRY_RUN=1"], cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("cd models/tiny-gateway && ") and "deploy . --config-dict" in result.stdout
-    assert "--secret" not in result.stdout and '"secrets"' not in result.stdout  # no gated model, no key secret
-    assert '"access_authorization": true' in result.stdout
 
 
 def test_gateway_builds_into_one_bento_with_every_service(bentoml_home):

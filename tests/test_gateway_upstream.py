@@ -64,14 +64,14 @@ async def request(upstream: gateway.Upstream, body: bytes = b'{"model": "m"}') -
     return status, reply_headers, data
 
 
-def run_with_service(tmp_path, reply, scenario) -> FakeService:
+def run_with_service(tmp_path, reply, scenario, timeouts: gateway.Timeouts = gateway.Timeouts()) -> FakeService:
     service = FakeService(reply)
 
     async def main() -> None:
         path = str(tmp_path / "service.sock")
         server = await asyncio.start_unix_server(service.handle, path)
         try:
-            await asyncio.wait_for(scenario(gateway.Upstream(f"file://{path}")), 30)
+            await asyncio.wait_for(scenario(gateway.Upstream(f"file://{path}", timeouts)), 30)
         finally:
             server.close()
 
@@ -129,23 +129,55 @@ def test_request_on_a_connection_closing_unanswered_is_sent_again_once(tmp_path)
     assert service.connections == 2 and service.requests[1] == service.requests[2]
 
 
-def test_request_the_service_dropped_after_working_on_it_is_not_sent_again(tmp_path, monkeypatch):
-    monkeypatch.setattr(gateway, "RETRY_WINDOW_S", 0.2)
-
+@pytest.mark.parametrize("retry_window_s,resent", [(0.2, False), (2.0, True)])
+def test_request_the_service_dropped_after_the_retry_window_is_not_sent_again(tmp_path, retry_window_s, resent):
+    """Closed unanswered 0.4 s after it went out: past a 0.2 s window it may have run (a crash), within 2 s it is resent."""
     async def reply(n, writer):
         if n == 2:
-            await asyncio.sleep(0.4)  # working on it, then gone (a crash): sending it again could run it twice
+            await asyncio.sleep(0.4)  # working on it, then gone: sending it again could run it twice
             return False
         writer.write(json_reply(b"answer %d" % n))
         return True
 
     async def scenario(upstream):
         assert (await request(upstream))[2] == b"answer 1"
-        with pytest.raises(gateway.UpstreamError, match="closed the connection"):
-            await request(upstream)
+        if resent:
+            assert (await request(upstream))[2] == b"answer 3"
+        else:
+            with pytest.raises(gateway.UpstreamError, match="closed the connection"):
+                await request(upstream)
 
-    service = run_with_service(tmp_path, reply, scenario)
-    assert service.connections == 1 and len(service.requests) == 2
+    service = run_with_service(tmp_path, reply, scenario, gateway.Timeouts(retry_window_s=retry_window_s))
+    assert (service.connections, len(service.requests)) == ((2, 3) if resent else (1, 2))
+
+
+@pytest.mark.parametrize("idle_reuse_s,connections", [(4.0, 1), (0.1, 2)])
+def test_idle_connection_older_than_idle_reuse_is_not_reused(tmp_path, idle_reuse_s, connections):
+    async def reply(n, writer):
+        writer.write(json_reply(b"ok"))
+        return True  # keeps the connection open
+
+    async def scenario(upstream):
+        assert (await request(upstream))[2] == b"ok"
+        await asyncio.sleep(0.3)
+        assert (await request(upstream))[2] == b"ok"
+
+    service = run_with_service(tmp_path, reply, scenario, gateway.Timeouts(idle_reuse_s=idle_reuse_s))
+    assert service.connections == connections
+
+
+def test_router_gives_its_timeouts_to_every_model_service_connection():
+    timeouts = gateway.Timeouts(connect_s=3.0, idle_reuse_s=2.0, retry_window_s=0.5)
+
+    async def main():
+        router = gateway.Router(timeouts=timeouts)
+        router.connect(["file:///nonexistent/a.sock", "http://127.0.0.1:9"])
+        try:
+            return [u.timeouts for u in router.upstreams]
+        finally:
+            await router.close()
+
+    assert asyncio.run(main()) == [timeouts, timeouts]
 
 
 def test_new_connection_closing_unanswered_is_an_upstream_error(tmp_path):

@@ -17,6 +17,7 @@ service's whole HTTP worker; this hop spends about 45 µs (docs/gateway.md).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -33,7 +34,6 @@ logger = logging.getLogger("bentoml.service")
 
 API_KEY_ENV = "VLLM_API_KEY"
 LOADING_MESSAGE = "The models are still loading; retry when /readyz answers 200."
-CONNECT_TIMEOUT_S = 10
 # Connection-level headers and the ones this hop sets itself are not passed on.
 NOT_FORWARDED = frozenset({
     b"host", b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
@@ -43,12 +43,19 @@ NOT_RETURNED = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"
 # A reply's bytes held here while the client is slower than the model service: above this,
 # reading from the model service pauses until the client has taken them.
 HIGH_WATER_BYTES = 1 << 20
-# An idle kept-alive connection older than this is closed rather than reused: uvicorn, which
-# serves the model services, closes idle connections after 5 s (BentoML's worker default).
-IDLE_REUSE_S = 4.0
-# A request on a reused connection that closes unanswered within this is sent again (the
-# service's idle close crossed it); after it, the service may have started on it.
-RETRY_WINDOW_S = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Timeouts:
+    """The hop's timeouts: the gateway's `timeouts:` in catalog.yaml (scripts/catalog.py checks them)."""
+
+    connect_s: float = 10.0  # to open a connection to a model service
+    # An idle kept-alive connection older than this is closed rather than reused: uvicorn, which
+    # serves the model services, closes idle connections after 5 s (BentoML's worker default).
+    idle_reuse_s: float = 4.0
+    # A request on a reused connection that closes unanswered within this is sent again (the
+    # service's idle close crossed it); after it, the service may have started on it.
+    retry_window_s: float = 1.0
 
 
 class UpstreamError(ConnectionError):
@@ -163,9 +170,10 @@ class Upstream:
     """Kept-alive HTTP/1.1 connections to one model service: a unix socket under `bentoml serve`,
     http(s) when deployed."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, timeouts: Timeouts = Timeouts()) -> None:
         parsed = urlparse(url)
         self.url = url
+        self.timeouts = timeouts
         self.uds = unquote(parsed.path) if parsed.scheme == "file" else None
         self.host = parsed.hostname or "localhost"
         self.port = parsed.port or (443 if parsed.scheme == "https" else 80)
@@ -181,7 +189,7 @@ class Upstream:
             opening = loop.create_connection(Connection, self.host, self.port, ssl=self.ssl,
                                              server_hostname=self.host if self.ssl else None)
         try:
-            _, connection = await asyncio.wait_for(opening, CONNECT_TIMEOUT_S)
+            _, connection = await asyncio.wait_for(opening, self.timeouts.connect_s)
         except (OSError, asyncio.TimeoutError) as exc:
             raise UpstreamError(f"cannot connect to {self.url}: {exc!r}") from exc
         return connection
@@ -190,7 +198,7 @@ class Upstream:
         now = time.monotonic()
         while self.idle:
             connection = self.idle.pop()
-            if not connection.closed and now - connection.idle_since < IDLE_REUSE_S:
+            if not connection.closed and now - connection.idle_since < self.timeouts.idle_reuse_s:
                 return connection
             connection.fail(UpstreamError("idle"))
         return None
@@ -218,7 +226,7 @@ class Upstream:
             return connection
         except UpstreamError:
             reused = connection.idle_since != 0.0
-            if connection.received or not reused or time.monotonic() - connection.sent_at > RETRY_WINDOW_S:
+            if connection.received or not reused or time.monotonic() - connection.sent_at > self.timeouts.retry_window_s:
                 raise
         connection = await self._send(method, target, headers, body)
         watch(connection)
@@ -310,9 +318,10 @@ class RequestCounts:
 class Router:
     """ASGI app: GET /v1/models lists every model service's models; other requests go by `model`."""
 
-    def __init__(self, default_model: str | None = None, timeout: float = 300) -> None:
+    def __init__(self, default_model: str | None = None, timeout: float = 300, timeouts: Timeouts = Timeouts()) -> None:
         self.default_model = default_model
         self.timeout = timeout  # BentoML's traffic timeout bounds the wait for a reply's first byte
+        self.timeouts = timeouts  # of the hop to each model service
         self.upstreams: list[Upstream] = []
         self.routes: dict[str, Upstream] = {}  # served model name -> its service
         self.model_list = b""
@@ -325,7 +334,7 @@ class Router:
 
     def connect(self, urls: list[str]) -> None:
         """Reach each model service and learn their model names once they are ready (in the background)."""
-        self.upstreams = [Upstream(url) for url in urls]
+        self.upstreams = [Upstream(url, self.timeouts) for url in urls]
         self._discovery = asyncio.create_task(self._discover())
 
     async def close(self) -> None:

@@ -18,10 +18,13 @@ import tiny_dev
 import tiny_think
 import tiny_embed
 from patches import fix_request_timeout
-from gateway import Router
+from gateway import Router, Timeouts
 from web import APIKeyMiddleware, chat_page
 
-router = Router(default_model=None, timeout=120)
+# The hop to each model service: seconds to connect, to reuse an idle connection, and within
+# which a request on a reused connection that closed unanswered is sent again.
+timeouts = Timeouts(connect_s=10.0, idle_reuse_s=4.0, retry_window_s=1.0)
+router = Router(default_model=None, timeout=120, timeouts=timeouts)
 fix_request_timeout()
 
 

@@ -7,7 +7,8 @@
                                         [--scaling-min N] [--scaling-max N] [--instance-type T] [--dry-run]
     python -m scripts.serving.bento secret SECRET KEY [--dry-run]
 
-NAME is a model entry or a gateway of catalog.yaml. Reads catalog.yaml as plain YAML (no
+NAME is a model entry or a gateway of catalog.yaml; a gateway deploys from a config file
+(scripts/serving/gateway_deploy.py), every service its own deployment unit. Reads catalog.yaml as plain YAML (no
 vLLM import), so these answer at once. `prepare` checks the name and, for the entries that
 serve the tiny offline model (alone or in a gateway), puts that model into the BentoML model
 store first (scripts/tiny/); `build` and `containerize` do the same. No secret value
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import json
 import os
 import shlex
 import shutil
@@ -38,6 +38,7 @@ from pathlib import Path
 
 import yaml
 
+from scripts.serving import gateway_deploy
 from scripts.tiny import llama as tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,20 +92,11 @@ def deploy_command(entry: dict, args: argparse.Namespace) -> list[str]:
     return command
 
 
-def gateway_deploy_command(gateway: dict, args: argparse.Namespace) -> list[str]:
-    """`bentoml deploy` of a gateway: each service with its own replicas, and the instance type
-    BentoCloud infers from its own resources (a model's GPUs, the router's CPU)."""
-    known = entries()
-    scaling = {"min_replicas": args.scaling_min, "max_replicas": args.scaling_max}
-    services = {name: {"scaling": scaling} for name in [gateway["name"], *gateway["models"]]}
-    config: dict = {"name": gateway["name"], "services": services}
-    secrets = [args.secret] if any("HF_TOKEN" in known[name].get("envs", []) for name in gateway["models"]) else []
-    secrets += [args.api_key_secret] if args.api_key_secret else []
-    if secrets:
-        config["secrets"] = secrets
-    if args.bentocloud_auth:
-        config["access_authorization"] = True
-    return [BENTOML, "deploy", ".", "--config-dict", json.dumps(config)]
+def gateway_deploy_command(gateway: dict, args: argparse.Namespace) -> tuple[list[str], Path]:
+    """`bentoml deploy` of a gateway from the config file it writes (scripts/serving/gateway_deploy.py), and that file."""
+    folder = ROOT / "models" / gateway["name"]
+    path = gateway_deploy.write_config(gateway["name"], gateway_deploy.config_text(gateway, entries(), args, folder))
+    return [BENTOML, "deploy", ".", "--config-file", os.path.relpath(path, folder), *gateway_deploy.secret_flags(path)], path
 
 
 def build(name: str) -> str:
@@ -158,11 +150,13 @@ def deploy(args: argparse.Namespace) -> int:
               "from its own resources.", file=sys.stderr)
         return 2
     if "models" in entry:  # a gateway
-        command = gateway_deploy_command(entry, args)
+        command, config = gateway_deploy_command(entry, args)
     else:
-        command = deploy_command(entry, args)
+        command, config = deploy_command(entry, args), None
     folder = ROOT / "models" / args.name
     if args.dry_run:
+        if config:
+            print(f"# {config.relative_to(ROOT)}\n{config.read_text()}", end="")
         print(f"cd {shlex.quote(str(folder.relative_to(ROOT)))} && {shlex.join(command)}")
         return 0
     if not logged_in():
@@ -216,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     dep.add_argument("--api-key-secret", help=f"BentoCloud secret holding {API_KEY_ENV}, the key clients must send")
     dep.add_argument("--bentocloud-auth", action="store_true", help="no vLLM key: BentoCloud checks callers' tokens")
     dep.add_argument("--instance-type", help="BentoCloud instance type (default: BentoCloud's choice from the resources)")
-    dep.add_argument("--dry-run", action="store_true", help="print the command, run nothing")
+    dep.add_argument("--dry-run", action="store_true", help="print the command (and a gateway's config file), run nothing")
     sec = commands.add_parser("secret")
     sec.add_argument("secret_name")
     sec.add_argument("key", help="the environment variable the secret sets, e.g. VLLM_API_KEY or HF_TOKEN")
