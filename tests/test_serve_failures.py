@@ -271,3 +271,28 @@ def test_engine_killed_mid_stream_ends_requests_probes_and_server_as_pid_1(bento
     assert ("/livez", 503) in after_kill and ("/readyz", 503) in after_kill, after_kill
     first_503 = after_kill.index(("/livez", 503))
     assert 200 not in [status for path, status in after_kill[first_503:] if path == "/livez"], after_kill
+
+
+IDLE_DEATH_EXIT_S = 15  # plain `vllm serve` exits about 4 s after the same kill
+
+
+def test_engine_killed_while_idle_ends_the_server(bentoml_home):
+    """SIGKILL of vLLM's engine core with no request in flight (and none ever made), as from
+    `make serve`: the server must notice by itself, say so on its probes and exit with 4."""
+    with serve_folder(TINY_DEV, "engine-death-idle", env={"BENTOML_HOME": bentoml_home}, timeout=600) as server:
+        with ProbeWatch(server.url) as probes:
+            engine_core(server).kill()
+            killed_at = time.monotonic()
+            try:
+                code = server.process.wait(IDLE_DEATH_EXIT_S)
+            except subprocess.TimeoutExpired:
+                code = None
+            exited_s = time.monotonic() - killed_at
+        log = server.log_path.read_text(errors="replace")
+
+    print(f"idle engine killed: exit {code} after {exited_s:.1f} s")
+    assert code == 4, log[-3000:]
+    assert exited_s < IDLE_DEATH_EXIT_S
+    assert "bentoml serve exits with status 4: vLLM's engine died" in log
+    after_kill = probes.since(killed_at)
+    assert ("/livez", 503) in after_kill and ("/readyz", 503) in after_kill, after_kill

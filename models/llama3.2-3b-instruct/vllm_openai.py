@@ -27,6 +27,9 @@ START_FAILED_STATUS = 3  # `bentoml serve`'s exit status when vLLM could not sta
 ENGINE_DIED_STATUS = 4  # ... and when vLLM's engine died while serving
 ENGINE_DIED_MESSAGE = "vLLM's engine died; the server is stopping so that it can be restarted."
 # How often the engine's state is checked, for deaths that no request saw (vLLM checks every 5 s).
+# The check is `engine.errored` alone: vLLM's own watchdog (terminate_if_errored) also waits for
+# the engine's output handler to end, and that handler starts with the first request when the
+# engine is made off the event loop, as here; an idle engine's death would never count.
 ENGINE_WATCH_INTERVAL_S = 1.0
 # How long /livez and /readyz say 503 (and requests get their error) before the server stops.
 STOP_DELAY_S = 2.0
@@ -265,11 +268,12 @@ class OpenAIServer:
 
     async def _watch_engine(self, hook: EngineDeathHook, engine) -> None:
         """vLLM's own watchdog, more often: the engine may die while no request is running."""
-        from vllm.entrypoints.launchers.launcher import terminate_if_errored
+        from vllm import envs
 
         while not hook.should_exit:
             await asyncio.sleep(ENGINE_WATCH_INTERVAL_S)
-            terminate_if_errored(hook, engine)
+            if engine.errored and not envs.VLLM_KEEP_ALIVE_ON_ENGINE_DEATH:
+                hook.should_exit = True
 
     @contextlib.asynccontextmanager
     async def _serving(self, argv: list[str]):
