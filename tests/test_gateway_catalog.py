@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import os
@@ -15,7 +14,6 @@ import yaml
 from scripts.catalog import CatalogError, load_catalog, load_gateways
 from conftest import ROOT, entry_named
 
-from scripts.serving import bento
 
 TINY = ["tiny-dev", "tiny-think", "tiny-embed"]
 
