@@ -22,6 +22,12 @@ import jinja2
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ROOT / "templates"
 
+if not __package__:  # run as `python scripts/generate.py`, as each generated file's header names it
+    import os
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    os.execve(sys.executable, [sys.executable, "-m", "scripts.generate", *sys.argv[1:]], env)
+
 from scripts.catalog import (  # noqa: E402
     CatalogError, Entry, Gateway, entry_engine_config, json_schema, load_catalog, load_gateways, served_names, service_module,
 )
