@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import threading
 import time
-import typing as t
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -218,17 +217,58 @@ def engine_core(server: ServerProcess) -> psutil.Process:
     return found[0]
 
 
-def read_stream(lines: t.Iterator[str]) -> tuple[list[dict], str | None]:
-    """The JSON events left in an SSE stream's lines, and the transport error that cut it, if one did."""
-    events = []
-    try:
-        for line in lines:
-            payload = line.removeprefix("data: ").strip()
-            if payload and payload != "[DONE]":
-                events.append(json.loads(payload))
-    except httpx.TransportError as exc:
-        return events, repr(exc)
-    return events, None
+class StreamReader:
+    """An SSE stream read on a thread, so the test can look at what has come without blocking on what has not."""
+
+    def __init__(self, response: httpx.Response):
+        self.events: list[dict] = []
+        self.cut: str | None = None  # the transport error that cut the stream, if one did
+        self.done = threading.Event()
+        threading.Thread(target=self._read, args=(response,), daemon=True).start()
+
+    def _read(self, response: httpx.Response) -> None:
+        try:
+            for line in response.iter_lines():
+                payload = line.removeprefix("data: ").strip()
+                if payload and payload != "[DONE]":
+                    self.events.append(json.loads(payload))
+        except httpx.TransportError as exc:
+            self.cut = repr(exc)
+        finally:
+            self.done.set()
+
+    def finishes(self) -> list[str]:
+        return [c["finish_reason"] for e in self.events for c in e.get("choices", []) if c.get("finish_reason")]
+
+    def settle(self, quiet_s: float, limit_s: float = 10) -> None:
+        """Returns once no event has come for `quiet_s`: what was on its way has arrived."""
+        deadline = time.monotonic() + limit_s
+        seen = -1
+        while time.monotonic() < deadline and not self.done.is_set() and seen != len(self.events):
+            seen = len(self.events)
+            time.sleep(quiet_s)
+
+
+def stream_stopped_mid_way(client: httpx.Client, request: dict, engine: psutil.Process, attempts: int = 3):
+    """A stream whose engine is stopped (SIGSTOP) after its first tokens and before its last one.
+
+    The stop makes the kill that follows land mid-stream for certain: a client starved of
+    CPU can otherwise read its first token only after a tiny model has written the whole reply.
+    """
+    for _ in range(attempts):
+        response = client.send(client.build_request("POST", "/v1/chat/completions", json=request), stream=True)
+        assert response.status_code == 200, response.read()
+        reader = StreamReader(response)
+        while not reader.events and not reader.done.wait(0.01):
+            pass
+        engine.suspend()
+        reader.settle(0.5)
+        if not reader.finishes() and not reader.done.is_set():
+            return response, reader
+        engine.resume()  # the reply was complete before the stop: try again
+        reader.done.wait(30)
+        response.close()
+    raise AssertionError(f"each of {attempts} replies was complete before the engine could be stopped")
 
 
 def test_engine_killed_mid_stream_ends_requests_probes_and_server_as_pid_1(bentoml_home):
@@ -240,15 +280,15 @@ def test_engine_killed_mid_stream_ends_requests_probes_and_server_as_pid_1(bento
                "ignore_eos": True, "stream": True}
     with serve_folder(TINY_DEV, "engine-death-pid1", env={"BENTOML_HOME": bentoml_home}, timeout=600,
                       pid_namespace=True) as server:
+        engine = engine_core(server)
         with ProbeWatch(server.url) as probes, httpx.Client(base_url=server.url, timeout=60) as client:
-            with client.stream("POST", "/v1/chat/completions", json=request) as response:
-                assert response.status_code == 200
-                lines = response.iter_lines()
-                assert next(line for line in lines if line.startswith("data: "))  # the stream is in flight
-                engine_core(server).kill()
-                killed_at = time.monotonic()
-                events, cut = read_stream(lines)
-                stream_ended_s = time.monotonic() - killed_at
+            response, stream = stream_stopped_mid_way(client, request, engine)
+            engine.kill()
+            killed_at = time.monotonic()
+            stream.done.wait(30)
+            stream_ended_s = time.monotonic() - killed_at
+            response.close()
+            events, cut = stream.events, stream.cut
             try:
                 after = client.post("/v1/chat/completions", json={**request, "stream": False}, timeout=10).status_code
             except httpx.TransportError as exc:  # the server may be gone already: an error too
@@ -260,8 +300,7 @@ def test_engine_killed_mid_stream_ends_requests_probes_and_server_as_pid_1(bento
     print(f"engine killed: stream ended after {stream_ended_s:.1f} s ({cut or events[-1]}), next request {after}, "
           f"exit {code} after {exited_s:.1f} s")
     assert stream_ended_s < 10, (stream_ended_s, events[-3:])
-    finishes = [c.get("finish_reason") for e in events for c in e.get("choices", [])]
-    assert "length" not in finishes and "stop" not in finishes
+    assert not {"length", "stop"} & set(stream.finishes()), stream.finishes()
     assert cut is not None or "error" in events[-1], (cut, events[-3:])
     assert after in (500, 503) or isinstance(after, str), after
     assert code == 4, log[-3000:]

@@ -110,11 +110,11 @@ def test_store_import_is_idempotent(tmp_path):
         """
         import bentoml
         from scripts.tiny import llama
-        from scripts.tiny.common import import_to_bentoml_store
-        first = import_to_bentoml_store(llama.DEFAULT_TAG, llama.save_hf_folder, "tiny model")
+        from scripts.tiny.store import import_tiny_model
+        first = import_tiny_model(llama.DEFAULT_TAG)
         yaml = bentoml.models.get(first).path_of("model.yaml")
         before = open(yaml).read()
-        second = import_to_bentoml_store(llama.DEFAULT_TAG, llama.save_hf_folder, "tiny model")
+        second = import_tiny_model(llama.DEFAULT_TAG)
         assert open(yaml).read() == before
         print("RESULT", first, second, [str(m.tag) for m in bentoml.models.list()])
         """,

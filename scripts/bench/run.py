@@ -59,16 +59,11 @@ def local_weights(source: ModelSource) -> str:
 
 
 def make_tiny_model_if_missing(tag: str) -> None:
-    """The offline tiny model and its LoRA adapter are made by scripts/tiny/ (a no-op if there)."""
-    from scripts.tiny import llama as tiny_model
+    """The offline tiny models are made by scripts/tiny/ (a no-op if there); other tags must be in the store."""
+    from scripts.tiny.store import MAKERS, import_tiny_model
 
-    makers = {
-        tiny_model.DEFAULT_TAG: (tiny_model.save_hf_folder, "tiny random Llama chat model"),
-        tiny_model.DEFAULT_LORA_TAG: (tiny_model.save_lora_adapter, "LoRA adapter for the tiny model"),
-    }
-    if tag in makers:
-        save, what = makers[tag]
-        tiny_model.import_to_bentoml_store(tag, save, what)
+    if tag in MAKERS:
+        import_tiny_model(tag)
 
 
 def vllm_command_line(entry: Entry) -> list[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from openai import OpenAI
 
-from scripts.tiny import llama as tiny_model
+from scripts.tiny.store import import_tiny_model
 from scripts.serving.process import bento_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +23,7 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=3000)
     args = parser.parse_args()
 
-    print(f"1/3 tiny model: {tiny_model.import_to_bentoml_store()}")
+    print(f"1/3 tiny model: {import_tiny_model()}")
     print(f"2/3 bentoml serve models/tiny-dev on port {args.port} (the first start takes about a minute)")
     with bento_server(ROOT / "models" / "tiny-dev", args.port) as server:
         ready_after = server.wait_ready(progress=True)

@@ -8,9 +8,10 @@ import re
 import sys
 from pathlib import Path
 
-from scripts.tiny import llama, rerank, vl
+from scripts.tiny import llama
 from scripts.tiny.common import import_to_bentoml_store
-from scripts.tiny.llama import DEFAULT_LORA_TAG, DEFAULT_TAG, place_in_hf_cache, save_hf_folder, save_lora_adapter
+from scripts.tiny.llama import DEFAULT_TAG, place_in_hf_cache, save_hf_folder
+from scripts.tiny.store import MAKERS, import_tiny_model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,11 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"putting the tiny model into the BentoML model store as {args.tag} ...")
         import_to_bentoml_store(args.tag, save_hf_folder, "tiny random Llama chat model")
-        import_to_bentoml_store(DEFAULT_LORA_TAG, save_lora_adapter, "LoRA adapter for the tiny model")
-        import_to_bentoml_store(vl.TAG, vl.save_hf_folder, "tiny random Idefics3 vision-language model")
-        import_to_bentoml_store(rerank.TAG, rerank.save_hf_folder, "tiny random BERT reranker")
+        for tag in MAKERS:
+            if tag != DEFAULT_TAG:
+                import_tiny_model(tag)
     return 0
-
 
 
 if __name__ == "__main__":
