@@ -28,7 +28,8 @@ ENGINE_CONFIG: dict[str, t.Any] = {
     "enable_lora": True,
     "max_model_len": 1024,
     "dtype": "float32",
-    "gpu_memory_utilization": 0.1,
+    "kv_cache_memory_bytes": 268435456,
+    "enforce_eager": True,
     "reasoning_parser": "deepseek_r1",
 }
 

@@ -27,7 +27,8 @@ ENGINE_CONFIG: dict[str, t.Any] = {
     "runner": "pooling",
     "max_model_len": 512,
     "dtype": "float32",
-    "gpu_memory_utilization": 0.2,
+    "kv_cache_memory_bytes": 268435456,
+    "enforce_eager": True,
 }
 
 # Made offline by scripts/tiny/ (`make tiny-model`) in the repository.

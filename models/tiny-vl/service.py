@@ -27,7 +27,8 @@ ENGINE_CONFIG: dict[str, t.Any] = {
     "served_model_name": "tiny-vl",
     "max_model_len": 1024,
     "dtype": "float32",
-    "gpu_memory_utilization": 0.2,
+    "kv_cache_memory_bytes": 268435456,
+    "enforce_eager": True,
     "limit_mm_per_prompt": {
         "image": 2,
     },
