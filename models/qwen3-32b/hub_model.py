@@ -6,6 +6,8 @@ scripts/generate.py.
 
 from __future__ import annotations
 
+import os
+
 import bentoml
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
@@ -24,6 +26,8 @@ class HubModel(bentoml.models.HuggingFaceModel):
 def hub_refusal(model: HubModel, exc: HfHubHTTPError) -> str:
     where = f"{model.model_id} at revision {model.revision} on {model.endpoint or 'https://huggingface.co'}"
     if isinstance(exc, GatedRepoError):
+        if not os.environ.get("HF_TOKEN"):
+            return f"{where} is gated and HF_TOKEN is not set: set it to a token that was granted access to it"
         return f"{where} is gated: set HF_TOKEN to a token that was granted access to it"
     if isinstance(exc, RevisionNotFoundError):
         return f"{where}: the Hub has no revision {model.revision}"

@@ -2,7 +2,7 @@
 
     python -m scripts.serving.bento prepare NAME
     python -m scripts.serving.bento build NAME
-    python -m scripts.serving.bento containerize NAME
+    python -m scripts.serving.bento containerize NAME [--base-image IMAGE]
     python -m scripts.serving.bento deploy NAME (--api-key-secret SECRET | --bentocloud-auth) [--secret HF_SECRET]
                                         [--scaling-min N] [--scaling-max N] [--instance-type T] [--dry-run]
     python -m scripts.serving.bento secret SECRET KEY [--dry-run]
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import yaml
 
-from scripts.serving import gateway_deploy
+from scripts.serving import container, gateway_deploy
 from scripts.tiny import llama as tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,25 +110,18 @@ def build(name: str) -> str:
     return tag
 
 
-def container_engine() -> str | None:
-    """The first container engine whose daemon answers, if any."""
-    for engine in ("docker", "podman"):
-        if shutil.which(engine) and subprocess.run([engine, "info"], capture_output=True).returncode == 0:
-            return engine
-    return None
-
-
-def containerize(name: str) -> int:
+def containerize(name: str, base_image: str | None = None) -> int:
+    """The Bento's OCI image, built FROM `base_image` (default: container.BASE_IMAGE, made here)."""
     entry_or_exit(name)
-    engine = container_engine()
+    engine = container.working_engine()
     if engine is None:
-        print(
-            "No container engine is running here: `bentoml containerize` needs Docker (with BuildKit) "
-            "or Podman and its daemon; install and start one, then run `make containerize` again.",
-            file=sys.stderr,
-        )
+        print(container.INSTALL_HINT, file=sys.stderr)
         return 1
-    return subprocess.run([BENTOML, "containerize", build(name), "--backend", engine]).returncode
+    os.environ["BASE_IMAGE"] = base_image or container.build_base_image(engine)
+    image = container.build_image(build(name), engine)
+    size_gb = container.image_size(engine, image) / 1e9
+    print(f"image {image} ({engine}, FROM {os.environ['BASE_IMAGE']}): {size_gb:.2f} GB")
+    return 0
 
 
 def logged_in() -> bool:
@@ -202,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     for name in ("prepare", "build", "containerize"):
         commands.add_parser(name).add_argument("name")
+    commands.choices["containerize"].add_argument(
+        "--base-image", help=f"the image's base (default: {container.BASE_IMAGE}, made here from Debian packages)")
     dep = commands.add_parser("deploy")
     dep.add_argument("name")
     dep.add_argument("--scaling-min", type=int, default=0)
@@ -225,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         build(args.name)
         return 0
     if args.command == "containerize":
-        return containerize(args.name)
+        return containerize(args.name, args.base_image)
     return deploy(args)
 
 
