@@ -40,3 +40,15 @@ def test_plot_of_a_gateway_run_shows_both_sides(tmp_path):
     runs = [run("service", 1, 1000, 40), run("gateway", 1, 980, 41.5)]
     png = bench_report.plot(runs, [8], tmp_path / "gw.png", "tiny-dev", bench_gateway.SIDES)
     assert png == tmp_path / "gw.png" and png.stat().st_size > 0
+
+
+def test_ready_time_is_a_ratio_of_its_own_and_older_results_without_it_still_summarize():
+    runs = [{**run(side, pair, 1000, 40), "ready_s": ready}
+            for side, pair, ready in [("service", 1, 40.0), ("gateway", 1, 44.0), ("service", 2, 50.0), ("gateway", 2, 50.0)]]
+    summary = bench_stats.summarize(runs, [8], bench_gateway.SIDES)
+    assert summary["ready_ratio"]["median"] == pytest.approx((1.1 + 1.0) / 2)
+    assert summary["ready_s"]["service"]["median"] == pytest.approx(45.0)
+    assert "process start to the ready route's first 200" in bench_report.summary_table(summary, "tiny-dev", bench_gateway.SIDES)
+    older = bench_stats.summarize([{k: v for k, v in r.items() if k != "ready_s"} for r in runs], [8], bench_gateway.SIDES)
+    assert "ready_ratio" not in older
+    assert "first 200" not in bench_report.summary_table(older, "tiny-dev", bench_gateway.SIDES)

@@ -53,7 +53,12 @@ def summary_table(summary: dict, model: str, sides: tuple[str, str] = SIDES) -> 
         lines.append(f"{c:>11}  {base} {stalled[sides[0]]}  {other} {stalled[sides[1]]}")
     cold = summary["cold_start_s"]
     lines.append(f"{'cold start':>11}  {fmt(summary['cold_start_ratio'], '.2f'):>23}   "
-                 f"({base} {fmt(cold[sides[0]], '.1f')} s, {other} {fmt(cold[sides[1]], '.1f')} s)")
+                 f"({base} {fmt(cold[sides[0]], '.1f')} s, {other} {fmt(cold[sides[1]], '.1f')} s: process start to the first completion)")
+    if "ready_ratio" in summary:
+        ready = summary["ready_s"]
+        lines.append(f"{'ready':>11}  {fmt(summary['ready_ratio'], '.2f'):>23}   "
+                     f"({base} {fmt(ready[sides[0]], '.1f')} s, {other} {fmt(ready[sides[1]], '.1f')} s: "
+                     "process start to the ready route's first 200)")
     return "\n".join(lines)
 
 

@@ -138,9 +138,10 @@ def plain_sides(entry: Entry, argv: list[str]) -> list[Side]:
     ]
 
 
-def first_completion(server: ServerProcess, model_name: str) -> float:
-    """Wait until ready, send one completion; seconds from process start to its answer."""
-    server.wait_ready(timeout=READY_TIMEOUT_S)
+def first_completion(server: ServerProcess, model_name: str) -> tuple[float, float]:
+    """Wait until ready, send one completion; seconds from process start to ready (its ready route's
+    first 200: /readyz for a Bento, /health for plain vLLM) and to the completion's answer."""
+    ready_s = server.wait_ready(timeout=READY_TIMEOUT_S)
     body = json.dumps({"model": model_name, "prompt": "Hello", "max_tokens": 8}).encode()
     request = urllib.request.Request(
         server.url + "/v1/completions", data=body, headers={"Content-Type": "application/json"}
@@ -149,7 +150,7 @@ def first_completion(server: ServerProcess, model_name: str) -> float:
         answer = json.load(response)
     if not answer.get("choices"):
         raise RuntimeError(f"the first completion got no choices: {answer}")
-    return time.monotonic() - server.started_at
+    return ready_s, time.monotonic() - server.started_at
 
 
 def bento_workers(server: ServerProcess) -> list[psutil.Process]:
@@ -223,8 +224,9 @@ def measure_side(side: Side, pair: int, model_name: str, tokenizer: str, args: a
     label = f"[{side.name:7} {pair}/{args.runs}]"
     print(f"{label} starting {side.description}", flush=True)
     with side.server(work / f"{side.name}-{pair}.server.log") as server:
-        cold_start = first_completion(server, model_name)
-        print(f"{label} cold start {cold_start:.1f}s (process start to first completion)", flush=True)
+        ready_s, cold_start = first_completion(server, model_name)
+        print(f"{label} cold start {cold_start:.1f}s (process start to first completion; ready at {ready_s:.1f}s)",
+              flush=True)
         serving_pids = [p.pid for p in side.serving_processes(server)]
         results = {}
         for c in args.concurrency:
@@ -234,7 +236,7 @@ def measure_side(side: Side, pair: int, model_name: str, tokenizer: str, args: a
             results[str(c)] = result = run_benchmark_client(flags, c, serving_pids, result_path)
             print(f"{label} concurrency {c:3}: {key_numbers(result)}", flush=True)
     print(f"{label} stopped", flush=True)
-    return {"side": side.name, "pair": pair, "cold_start_s": cold_start, "serving_processes": len(serving_pids),
+    return {"side": side.name, "pair": pair, "cold_start_s": cold_start, "ready_s": ready_s, "serving_processes": len(serving_pids),
             "results": results}
 
 

@@ -86,6 +86,9 @@ def summarize(runs: list[dict], concurrencies: list[int], sides: tuple[str, str]
         ratios_key(sides): per_concurrency,
         "cold_start_ratio": spread([ratio(b["cold_start_s"], v["cold_start_s"]) for v, b in both]),
         "cold_start_s": {side: spread([r["cold_start_s"] for r in runs if r["side"] == side]) for side in sides},
+        **({"ready_ratio": spread([ratio(b["ready_s"], v["ready_s"]) for v, b in both]),
+            "ready_s": {side: spread([r["ready_s"] for r in runs if r["side"] == side]) for side in sides}}
+           if all("ready_s" in r for r in runs) else {}),  # not in results of older versions
     }
 
 
