@@ -284,15 +284,26 @@ def test_chat_page_model_picker_sends_to_the_picked_model(gateway, client, brows
     assert shown["tiny-lora"]["reasoning"] and not shown["tiny-dev"]["reasoning"] and shown["tiny-dev"]["content"]
 
 
-def test_readyz_needs_every_model_service(gateway, services):
-    """Last in the module: it kills tiny-embed's engine."""
+def test_engine_death_under_a_stream_is_an_error_event_and_readyz_needs_every_model_service(gateway, client):
+    """Last in the module: it kills tiny-dev's engine under a stream read with the openai client."""
     assert gateway.statuses_seen[-1] == 200 and 503 in gateway.statuses_seen
     assert httpx.get(gateway.url + "/readyz").status_code == 200
-    embed_worker = next(w for w in psutil.Process(gateway.process.pid).children() if "tiny-embed" in w.cmdline())
-    for engine in embed_worker.children(recursive=True):
-        engine.kill()
+    dev_worker = next(w for w in psutil.Process(gateway.process.pid).children() if "tiny-dev" in w.cmdline())
+    (engine,) = [p for p in dev_worker.children(recursive=True) if "EngineCore" in " ".join(p.cmdline())]
+    stream = client.chat.completions.create(model="tiny-dev", messages=CHAT, max_tokens=1000, stream=True,
+                                            extra_body={"ignore_eos": True})
+    chunks = [next(stream)]  # the stream is in flight
+    engine.kill()
+    with pytest.raises(openai.APIError) as raised:
+        chunks += list(stream)
+    assert not any(c.choices and c.choices[0].finish_reason for c in chunks), "the reply ended before the kill"
+    assert "EngineCore" in str(raised.value) or "stopped in the middle" in str(raised.value), raised.value
+    ready = []
     deadline = time.monotonic() + 30
-    while services["tiny-embed"].get("/readyz").status_code == 200 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert services["tiny-embed"].get("/readyz").status_code == 503
-    assert httpx.get(gateway.url + "/readyz").status_code == 503
+    while 503 not in ready and time.monotonic() < deadline:
+        try:
+            ready.append(httpx.get(gateway.url + "/readyz", timeout=2).status_code)
+        except httpx.TransportError:
+            break  # the server has ended (the engine's death ends `bentoml serve`)
+        time.sleep(0.1)
+    assert 503 in ready, ready

@@ -43,6 +43,8 @@ NOT_RETURNED = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"
 # A reply's bytes held here while the client is slower than the model service: above this,
 # reading from the model service pauses until the client has taken them.
 HIGH_WATER_BYTES = 1 << 20
+# vLLM's routes that change a model service's models (with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True there).
+LORA_ROUTES = frozenset({"/v1/load_lora_adapter", "/v1/unload_lora_adapter"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,6 +329,7 @@ class Router:
         self.model_list = b""
         self.counts = RequestCounts()
         self._discovery: asyncio.Task | None = None
+        self._listing = asyncio.Lock()
 
     @property
     def ready(self) -> bool:
@@ -344,17 +347,25 @@ class Router:
             upstream.close()
 
     async def _discover(self) -> None:
-        headers = [(b"authorization", f"Bearer {key}".encode())] if (key := os.environ.get(API_KEY_ENV)) else []
-        while True:
+        while not await self.refresh():
+            await asyncio.sleep(1)
+        logger.info("gateway routes: %s", ", ".join(self.routes))
+
+    async def refresh(self) -> bool:
+        """Ask every model service for its models again (one listing at a time); False if one did not answer.
+
+        So the routes follow LoRA adapters loaded or unloaded at run time (vLLM's
+        /v1/load_lora_adapter and /v1/unload_lora_adapter), through this gateway or not."""
+        async with self._listing:
+            headers = [(b"authorization", f"Bearer {key}".encode())] if (key := os.environ.get(API_KEY_ENV)) else []
             try:
                 listings = await asyncio.gather(*(u.get_json("/v1/models", headers) for u in self.upstreams))
-                break
             except (UpstreamError, LookupError, ValueError):
-                await asyncio.sleep(1)
-        data = [model for listing in listings for model in listing["data"]]
-        self.model_list = json.dumps({"object": "list", "data": data}).encode()
-        self.routes = {model["id"]: u for u, listing in zip(self.upstreams, listings) for model in listing["data"]}
-        logger.info("gateway routes: %s", ", ".join(self.routes))
+                return False
+            data = [model for listing in listings for model in listing["data"]]
+            self.model_list = json.dumps({"object": "list", "data": data}).encode()
+            self.routes = {model["id"]: u for u, listing in zip(self.upstreams, listings) for model in listing["data"]}
+            return True
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -378,23 +389,33 @@ class Router:
 
     async def _route(self, scope, receive, send, body: bytes) -> None:
         try:
-            model = json.loads(body).get("model") or self.default_model
+            request = json.loads(body)
+            model = request.get("model") or self.default_model
         except (ValueError, AttributeError):
             await send_json(send, 400, openai_error(400, "The gateway routes JSON object bodies by `model`.", "BadRequestError"))
             return
+        lora_change = scope["path"] in LORA_ROUTES
+        if lora_change and not request.get("model"):  # vLLM's LoRA requests name no model: the adapter's, if known
+            model = request.get("lora_name") if request.get("lora_name") in self.routes else self.default_model
         if not isinstance(model, str):
             message = "`model` is required: this gateway serves " + ", ".join(self.routes) + "."
+            if lora_change:
+                message += " To load a LoRA adapter, name in `model` the base model it goes beside."
             await send_json(send, 400, openai_error(400, message, "BadRequestError", "model"))
             return
+        if model not in self.routes:
+            await self.refresh()  # a LoRA adapter loaded since the last listing
         upstream = self.routes.get(model)
         if upstream is None:
             message = f"The model `{model}` does not exist. Valid aliases: {', '.join(self.routes)}."
             await send_json(send, 404, openai_error(404, message, "NotFoundError", "model"))
             return
-        await self._forward(upstream, scope, receive, send, body, model)
+        status = await self._forward(upstream, scope, receive, send, body, model)
+        if (lora_change and status == 200) or status == 404:  # a 404: say, an adapter unloaded at the service
+            await self.refresh()
 
-    async def _forward(self, upstream: Upstream, scope, receive, send, body: bytes, model: str) -> None:
-        """Send the request to the model service and pass its reply on as it arrives."""
+    async def _forward(self, upstream: Upstream, scope, receive, send, body: bytes, model: str) -> int | None:
+        """Send the request to the model service and pass its reply on as it arrives; the reply's status."""
         method = scope["method"]
         target = quote(scope["path"]) + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
         headers = [(k, v) for k, v in scope["headers"] if k not in NOT_FORWARDED]
@@ -412,23 +433,34 @@ class Router:
             except UpstreamError as exc:
                 self.counts.add(model, 502)
                 await send_json(send, 502, openai_error(502, f"The service of `{model}` did not answer: {exc}", "BadGatewayError"))
-                return
+                return 502
             self.counts.add(model, connection.status)
             returned = [(k, v) for k, v in connection.headers if k not in NOT_RETURNED]
             await send({"type": "http.response.start", "status": connection.status, "headers": returned})
             while True:
-                data, done = await connection.read()
+                try:
+                    data, done = await connection.read()
+                except UpstreamError as exc:
+                    await self._broke_off(model, connection, send, exc)
+                    return connection.status
                 if done:
                     await send({"type": "http.response.body", "body": data})
-                    break
+                    return connection.status
                 await send({"type": "http.response.body", "body": data, "more_body": True})
         except ClientGone:
-            return
-        except UpstreamError as exc:
-            # The reply had started: the client sees the connection end before the reply does.
-            logger.warning("the reply of `%s` broke off: %s", model, exc)
-            raise
+            return None
         finally:
             gone.cancel()
             for connection in used:
                 upstream.release(connection)
+
+    async def _broke_off(self, model: str, connection: Connection, send, exc: UpstreamError) -> None:
+        """The model service's reply ended before it was whole (the service died): a stream gets the
+        error event vLLM itself sends when its engine dies, `data: {"error": {...}}`, and ends; any
+        other reply can only end unfinished, so the client sees the connection close."""
+        logger.warning("the reply of `%s` broke off: %s", model, exc)
+        if not any(k == b"content-type" and v.startswith(b"text/event-stream") for k, v in connection.headers):
+            raise exc
+        message = f"The service of `{model}` stopped in the middle of this reply: {exc}"
+        event = b"data: " + openai_error(502, message, "BadGatewayError") + b"\n\n"
+        await send({"type": "http.response.body", "body": event})
