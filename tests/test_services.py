@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from scripts.catalog import load_catalog
@@ -32,18 +35,28 @@ print(json.dumps({
 """
 
 
+def import_alone(folder: Path) -> subprocess.CompletedProcess:
+    """REPORT run by a fresh, isolated Python in a copy of a model folder."""
+    return subprocess.run([sys.executable, "-I", "-c", "import sys; sys.path.insert(0, '.');" + REPORT],
+                          cwd=folder, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+    """Every model folder copied away and imported there, one Python per folder, as many at once as
+    there are CPUs (each import is a second or two of one CPU)."""
+    folders = {}
+    for name in ENTRIES:
+        folders[name] = tmp_path_factory.mktemp(name) / "copied-away"
+        shutil.copytree(ROOT / "models" / name, folders[name])
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        return dict(zip(folders, pool.map(import_alone, folders.values())))
+
+
 @pytest.mark.parametrize("name", sorted(ENTRIES))
-def test_service_imports_alone_and_matches_catalog(tmp_path, name):
+def test_service_imports_alone_and_matches_catalog(imported, name):
     entry = ENTRIES[name]
-    folder = tmp_path / "copied-away"
-    shutil.copytree(ROOT / "models" / name, folder)
-    result = subprocess.run(
-        [sys.executable, "-I", "-c", "import sys; sys.path.insert(0, '.');" + REPORT],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = imported[name]
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
 
