@@ -123,7 +123,8 @@ def run_until_exit(server: ServerProcess, timeout: float, each_poll: t.Callable[
     with server:
         deadline = time.monotonic() + timeout
         while server.process.poll() is None and time.monotonic() < deadline:
-            seen.update(command_lines(server.descendants()))
+            for pid, found in command_lines(server.descendants()).items():
+                seen.setdefault(pid, found)  # the command it started with (vLLM renames some processes later)
             each_poll()
             time.sleep(0.1)
         code, ended_at = server.process.poll(), time.monotonic()

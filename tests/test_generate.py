@@ -188,7 +188,12 @@ def test_model_readme_gives_python_image_run_and_input_format(tmp_path, write_ca
     assert f"| Python | {generate.PYTHON_VERSION}:" in readme["tiny-dev"]
     gated_gpu = "docker run --rm --gpus all --ipc=host -p 3000:3000 -e HF_TOKEN -e VLLM_API_KEY llama3.1-8b-instruct:<tag>"
     assert gated_gpu in readme["llama3.1-8b-instruct"]
-    assert "docker run --rm -p 3000:3000 -e VLLM_API_KEY tiny-dev:<tag>" in readme["tiny-dev"]
+    assert "docker run --rm --shm-size 1g -p 3000:3000 -e VLLM_API_KEY tiny-dev:<tag>" in readme["tiny-dev"]
+    # Kubernetes probes: a startup probe as long as the download (16 GB at 500 Mbit/s) plus vLLM's start.
+    assert "startupProbe:    # the first start: download and vLLM's start, up to 15 min" in readme["llama3.1-8b-instruct"]
+    assert "  failureThreshold: 90\n" in readme["llama3.1-8b-instruct"]
+    assert "startupProbe:    # the first start: vLLM's start, up to 5 min" in readme["tiny-dev"]
+    assert "httpGet: {path: /livez, port: 3000}" in readme["tiny-dev"]
     assert "make secret NAME=huggingface KEY=HF_TOKEN" in readme["llama3.1-8b-instruct"]
     assert "KEY=HF_TOKEN" not in readme["tiny-dev"]
     assert "**Input format.** A query needs a one-line task instruction before it, as `Instruct: <task>\\nQuery: <query>`" in readme["e5-mistral-7b-instruct"]
