@@ -1,15 +1,14 @@
 """A model that cannot load, or an engine that dies, ends `bentoml serve` with a non-zero exit and the reason.
 
-Each failure is served both as an ordinary child of the test (as from a shell) and as
-PID 1 of a new PID namespace, which is how BentoML's container image runs
-`bentoml serve` (its entrypoint `exec`s it): there a worker's parent is PID 1, which
-ignores every signal it has no handler for.
+Failures are served as an ordinary child of the test (as from a shell) and, where the real
+image does not already prove the same (tests/test_container.py), as PID 1 of a new PID
+namespace, which is how BentoML's container image runs `bentoml serve` (its entrypoint
+`exec`s it): there a worker's parent is PID 1, which ignores every signal it has no handler for.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import threading
@@ -20,8 +19,8 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import ARTIFACTS, ROOT, folder_server, run_until_exit, serve_folder
-from scripts.serving.process import BIN, ServerProcess, free_port, http_status
+from conftest import ROOT, folder_server, run_until_exit, serve_folder
+from scripts.serving.process import ServerProcess, http_status
 
 pytestmark = pytest.mark.serves  # every test here serves a model: not in `make test-quick`
 
@@ -152,11 +151,11 @@ def test_model_missing_from_the_store_stops_the_server(tmp_path, launch):
 # Failures inside the worker, where vLLM starts: the worker ends `bentoml serve`.
 
 
-@pytest.mark.parametrize("launch", LAUNCHES)
-def test_engine_that_cannot_start_stops_the_server(tmp_path, bentoml_home, launch):
-    """Weights that are there but broken fail inside vLLM; the server must exit, not respawn."""
+def test_engine_that_cannot_start_stops_the_server(tmp_path, bentoml_home):
+    """Weights that are there but broken fail inside vLLM; the server must exit, not respawn.
+    (As PID 1, in the real image: tests/test_container.py, a start without enough /dev/shm.)"""
     env = broken_store_model(tmp_path, bentoml_home, corrupt_weights)
-    ending = serve_until_exit(env, f"corrupt-weights-{launch}", pid_namespace=LAUNCHES[launch], marker=START_FAILED)
+    ending = serve_until_exit(env, "corrupt-weights-child", marker=START_FAILED)
     assert_ended_for(ending, 3, START_FAILED)
     assert "vLLM could not start with: vllm serve --model" in ending.log
 
@@ -168,43 +167,6 @@ def test_vllm_argument_error_stops_the_server_as_pid_1(tmp_path, bentoml_home):
                               pid_namespace=True, marker=START_FAILED)
     assert_ended_for(ending, 3, f"{START_FAILED}: vLLM's argument parser refused the arguments (exit status 2")
     assert "vllm serve: error: unrecognized arguments: --no-such-vllm-flag" in ending.log
-
-
-def build_bento(folder: Path, home: Path) -> Path:
-    """`bentoml build` of a model folder into the BentoML home `home`; the built Bento's folder."""
-    result = subprocess.run([str(BIN / "bentoml"), "build", "--output", "tag"], cwd=folder, capture_output=True,
-                            text=True, env=bento_env(home), timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    tag = result.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
-    name, version = tag.split(":")
-    return home / "bentos" / name / version
-
-
-def bento_env(home: Path) -> dict[str, str]:
-    return {**os.environ, "BENTOML_HOME": str(home), "PATH": f"{BIN}:{os.environ['PATH']}"}
-
-
-def test_built_bento_started_as_its_container_starts_it_exits(tmp_path, bentoml_home):
-    """The issue's case: max_model_len above what the model allows, in the built Bento run like its image.
-
-    The image's entrypoint (env/docker/entrypoint.sh of the Bento) `exec`s `bentoml serve
-    $BENTO_PATH` as PID 1, with BENTOML_CONTAINERIZED set, under which BentoML's supervisor
-    does not restart a worker that exits (and would keep the port open with nothing behind it).
-    """
-    home = tmp_path / "home"
-    shutil.copytree(bentoml_home, home, symlinks=True)
-    bento = build_bento(tiny_dev_copy(tmp_path, '"max_model_len": 1024,', '"max_model_len": 4096,'), home)
-    entrypoint = bento / "env" / "docker" / "entrypoint.sh"
-    assert entrypoint.is_file()
-    port = free_port()
-    server = ServerProcess(
-        ["bash", str(entrypoint), "--host", "127.0.0.1", "--port", str(port)], port=port, ready_path="/readyz",
-        cwd=bento, env={**bento_env(home), "BENTO_PATH": str(bento), "BENTOML_CONTAINERIZED": "true"},
-        log_path=ARTIFACTS / "built-bento-container-pid1.log", pid_namespace=True,
-    )
-    ending = serve_with_probes(server, marker=START_FAILED)
-    assert_ended_for(ending, 3, f"{START_FAILED}: ValidationError")
-    assert "max_model_len (4096) is greater than the derived max_model_len" in ending.log
 
 
 # An engine that dies while serving.
