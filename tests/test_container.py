@@ -174,7 +174,7 @@ def test_image_run_without_enough_shared_memory_exits_3_saying_what_to_give_it(c
     assert code == "3", log[-3000:]
     assert "bentoml serve exits with status 3: vLLM could not start" in log, log[-3000:]
     assert "Insufficient space in /dev/shm" in log and "--shm-size" in log, log[-3000:]
-    assert ended_s < 60
+    assert ended_s < 120  # vLLM fails only once its engine starts: about 40 s of imports here come first
 
 
 def pins(path: Path) -> dict[str, str]:
