@@ -135,6 +135,15 @@ def test_image_serves_a_chat_completion_after_readyz_503_and_stops_cleanly_on_si
     assert code == "0", logs(name)[-2000:]
 
 
+def ending(name: str, since: float, what: str, timeout: float = 180) -> tuple[str, float, str]:
+    """Wait for the container to end: its exit code, the seconds since `since`, its log."""
+    podman("wait", name, timeout=timeout)
+    ended_s = time.monotonic() - since
+    code = podman("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip()
+    print(f"{what}: exit {code} after {ended_s:.0f} s")
+    return code, ended_s, logs(name)
+
+
 MODEL_DIR = "/home/bentoml/bento/models/llm-bentos-tiny-dev/v2"  # the tiny model inside the image
 
 
@@ -149,13 +158,9 @@ def test_image_without_its_weights_exits_non_zero_with_the_reason(container, ima
     for path in weights:
         path.unlink()
     subprocess.run(["chmod", "-R", "a+rX", str(tmp_path)], check=True)
-    name, _ = container("--mount", f"type=bind,source={broken},destination={MODEL_DIR},ro")
     started = time.monotonic()
-    podman("wait", name, timeout=120)
-    ended_s = time.monotonic() - started
-    code = podman("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip()
-    log = logs(name)
-    print(f"no weights: exit {code} after {ended_s:.0f} s")
+    name, _ = container("--mount", f"type=bind,source={broken},destination={MODEL_DIR},ro")
+    code, ended_s, log = ending(name, started, "no weights")
     assert code not in ("0", ""), log[-3000:]
     assert f"model files missing in {MODEL_DIR}: *.safetensors weights" in log, log[-3000:]
     assert ended_s < 60
@@ -164,13 +169,9 @@ def test_image_without_its_weights_exits_non_zero_with_the_reason(container, ima
 def test_image_run_without_enough_shared_memory_exits_3_saying_what_to_give_it(container):
     """`docker run` without --shm-size: the container's 64 MB of /dev/shm is too little for vLLM's
     workers, so vLLM cannot start; the container must end with status 3 and vLLM's reason."""
-    name, _ = container(shm_size=None)
     started = time.monotonic()
-    podman("wait", name, timeout=180)
-    ended_s = time.monotonic() - started
-    code = podman("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip()
-    log = logs(name)
-    print(f"default /dev/shm: exit {code} after {ended_s:.0f} s")
+    name, _ = container(shm_size=None)
+    code, ended_s, log = ending(name, started, "default /dev/shm")
     assert code == "3", log[-3000:]
     assert "bentoml serve exits with status 3: vLLM could not start" in log, log[-3000:]
     assert "Insufficient space in /dev/shm" in log and "--shm-size" in log, log[-3000:]
@@ -207,12 +208,7 @@ def test_engine_killed_in_the_container_ends_it_with_status_4(container):
     # Every process whose command line names vLLM's engine core ("EngineCor[e]": not this shell's own).
     podman("exec", name, "sh", "-c", 'killed=; for p in /proc/[0-9]*; do if grep -qa "EngineCor[e]" "$p/cmdline" 2>/dev/null; '
            'then kill -9 "${p#/proc/}" && killed=1; fi; done; [ -n "$killed" ]')
-    killed_at = time.monotonic()
-    podman("wait", name, timeout=120)
-    ended_s = time.monotonic() - killed_at
-    code = podman("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip()
-    log = logs(name)
-    print(f"engine killed in the container: exit {code} after {ended_s:.0f} s")
+    code, ended_s, log = ending(name, time.monotonic(), "engine killed in the container")
     assert code == "4", log[-3000:]
     assert "vLLM's engine died" in log, log[-3000:]
     assert ended_s < 60
