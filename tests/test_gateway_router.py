@@ -142,10 +142,11 @@ def test_adapter_loaded_at_the_service_directly_is_learned_before_the_gateway_an
 
 def test_lora_load_without_a_model_to_go_beside_is_a_400_that_says_what_to_send(tmp_path):
     async def scenario(router):
-        status, body = await call(router, "/v1/load_lora_adapter", {"lora_name": "sql", "lora_path": "/a"})
-        error = json.loads(body)["error"]
-        assert (status, error["param"]) == (400, "model")
-        assert "name in `model` the base model it goes beside" in error["message"]
+        for name in ("sql", ["not", "a", "name"]):
+            status, body = await call(router, "/v1/load_lora_adapter", {"lora_name": name, "lora_path": "/a"})
+            error = json.loads(body)["error"]
+            assert (status, error["param"]) == (400, "model")
+            assert "name in `model` the base model it goes beside" in error["message"]
 
     with_router(tmp_path, ScriptedService(["base", "other"]), scenario)
 

@@ -396,7 +396,8 @@ class Router:
             return
         lora_change = scope["path"] in LORA_ROUTES
         if lora_change and not request.get("model"):  # vLLM's LoRA requests name no model: the adapter's, if known
-            model = request.get("lora_name") if request.get("lora_name") in self.routes else self.default_model
+            adapter = request.get("lora_name")
+            model = adapter if isinstance(adapter, str) and adapter in self.routes else self.default_model
         if not isinstance(model, str):
             message = "`model` is required: this gateway serves " + ", ".join(self.routes) + "."
             if lora_change:
