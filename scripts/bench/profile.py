@@ -1,0 +1,283 @@
+"""Where a side's serving process spends its CPU under load: py-spy while `make bench`'s load runs.
+
+    python -m scripts.bench.profile --side bento|vllm [--model tiny-dev] [--concurrency 8]
+                                    [--num-prompts 256] [--out bench/results]
+    python -m scripts.bench.profile --compare A.txt B.txt [--top 25]
+
+The first form starts one side's server as `make bench` does (run.py's `plain_sides`), waits
+for the first completion, then records the serving process (the BentoML worker that holds
+vLLM's app, or plain vLLM's API server; not the engine core) with
+`py-spy record --format raw` while vLLM's serving benchmark sends the load, and stops it with
+SIGINT afterwards. It writes <out>/profile-<side>-c<N>-<UTC time>.txt (collapsed stacks: one
+line per stack, root first, then its sample count), the benchmark's result beside it (.json:
+the compare mode reads its completed output tokens) and the facts of the serving and
+engine-core processes (.procs.json: environment, CPU affinity, threads, torch's thread count
+where set by the environment).
+
+The second form prints, for two such files, the share of samples by top-level package (of
+each sample's innermost frame) and the functions whose inclusive samples per output token
+differ most (A minus B). py-spy samples only threads that are running (no --idle), so a
+sample is CPU time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import typing as t
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+from scripts.bench.run import (
+    ROOT, Side, catalog_entry, client_flags, first_completion, plain_sides, run_benchmark_client, vllm_command_line,
+)
+
+PY_SPY_RATE = 200
+PY_SPY_INSTALL = "pip install py-spy  (the version in constraints.txt; requirements-dev.txt lists it)"
+# Top-level packages reported on their own; our templates are copied beside service.py.
+PACKAGES = ("vllm", "bentoml", "_bentoml_impl", "_bentoml_sdk", "starlette", "fastapi", "uvicorn", "asyncio",
+            "pydantic", "prometheus_client", "opentelemetry")
+TEMPLATES = ("patches", "vllm_openai", "web", "supervisor", "service")
+BENTOML_PACKAGES = ("bentoml", "_bentoml_impl", "_bentoml_sdk")
+ENGINE_CORE_NAME = "EngineCore"
+ENV_SHOWN = ("PROMETHEUS_MULTIPROC_DIR", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+             "TORCH_NUM_THREADS", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_KVCACHE_SPACE", "CUDA_VISIBLE_DEVICES",
+             "BENTOML_WORKER_ID", "PYTHONASYNCIODEBUG", "UVLOOP", "PYTHONMALLOC", "MALLOC_ARENA_MAX",
+             "LD_PRELOAD", "TOKENIZERS_PARALLELISM")
+
+Stacks = Counter  # tuple of frames (root first) -> samples
+
+
+# --- py-spy ----------------------------------------------------------------------------------
+
+
+def py_spy_binary() -> str:
+    """py-spy on PATH or beside this interpreter; a SystemExit that says what to install otherwise."""
+    found = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if not found:
+        raise SystemExit(f"py-spy not found on PATH or beside {sys.executable}: {PY_SPY_INSTALL}")
+    return found
+
+
+def start_recording(pid: int, output: Path) -> subprocess.Popen:
+    command = [py_spy_binary(), "record", "--pid", str(pid), "--format", "raw", "--rate", str(PY_SPY_RATE),
+               "--output", str(output)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=output.with_suffix(".py-spy.log").open("wb"))
+
+
+def stop_recording(recorder: subprocess.Popen, output: Path) -> None:
+    """SIGINT makes py-spy write its file; raise if it wrote none."""
+    recorder.send_signal(signal.SIGINT)
+    try:
+        recorder.wait(60)
+    except subprocess.TimeoutExpired:
+        recorder.kill()
+        recorder.wait()
+    if not output.is_file():
+        log = output.with_suffix(".py-spy.log").read_text(errors="replace")
+        raise RuntimeError(f"py-spy wrote no {output} (exit {recorder.returncode}):\n{log[-2000:]}")
+
+
+# --- the processes' settings -----------------------------------------------------------------
+
+
+def process_facts(process) -> dict:
+    """What the kernel says of one process: command, CPU affinity, threads, the environment that matters."""
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{process.pid}/status").read_text().splitlines() if ":" in line)
+    environ = process.environ()
+    return {
+        "pid": process.pid, "name": process.name(), "cmdline": " ".join(process.cmdline())[:300],
+        "cpus_allowed_list": status.get("Cpus_allowed_list", "").strip(),
+        "threads": process.num_threads(), "thread_names": sorted(Counter(thread_names(process.pid)).items()),
+        "environ": {k: environ[k] for k in ENV_SHOWN if k in environ},
+        "environ_keys": sorted(environ),
+    }
+
+
+def thread_names(pid: int) -> list[str]:
+    names = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            names.append((task / "comm").read_text().strip())
+        except OSError:
+            pass
+    return names
+
+
+def engine_cores(serving) -> list:
+    return [p for p in serving.children(recursive=True) if ENGINE_CORE_NAME in p.name() + " ".join(p.cmdline())]
+
+
+def side_process_facts(serving) -> dict:
+    return {"serving": process_facts(serving), "engine_cores": [process_facts(p) for p in engine_cores(serving)]}
+
+
+# --- one recorded run ------------------------------------------------------------------------
+
+
+def chosen_side(entry, name: str) -> Side:
+    return next(s for s in plain_sides(entry, vllm_command_line(entry)) if s.name == name)
+
+
+def profile_side(args: argparse.Namespace) -> Path:
+    """Start the side's server, record its serving process during the load; the stacks' path."""
+    entry = catalog_entry(args.model)
+    side = chosen_side(entry, args.side)
+    py_spy_binary()  # before minutes of server start
+    stem = args.out / f"profile-{side.name}-c{args.concurrency}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer = vllm_command_line(entry)[1]
+    with side.server(Path(f"{stem}.server.log")) as server:
+        first_completion(server, entry.served_model_name)
+        (serving,) = side.serving_processes(server)
+        Path(f"{stem}.procs.json").write_text(json.dumps(side_process_facts(serving), indent=2) + "\n")
+        result_path = Path(f"{stem}.json")
+        flags = client_flags(server, entry.served_model_name, tokenizer, args.concurrency, args, result_path)
+        stacks = Path(f"{stem}.txt")
+        recorder = start_recording(serving.pid, stacks)
+        try:
+            result = run_benchmark_client(flags, 0, [serving.pid], result_path)
+        finally:
+            stop_recording(recorder, stacks)
+    result_path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{side.name}: {result['total_output_tokens']} output tokens, serving CPU {result['server_cpu_s']:.2f} s, "
+          f"{sum(read_stacks(stacks).values())} samples: {stacks}")
+    return stacks
+
+
+# --- reading collapsed stacks ----------------------------------------------------------------
+
+
+def read_stacks(path: Path) -> Stacks:
+    """py-spy's raw format: `frame;frame;... count` per line, root first."""
+    stacks: Stacks = Counter()
+    for line in path.read_text().splitlines():
+        frames, _, count = line.rpartition(" ")
+        if frames and count.isdigit():
+            stacks[tuple(frames.split(";"))] += int(count)
+    return stacks
+
+
+def frame_file(frame: str) -> str:
+    """`function (path/file.py:123)` -> `path/file.py`."""
+    inner = frame.rpartition(" (")[2].rstrip(")")
+    return inner.rpartition(":")[0] if inner.rpartition(":")[2].isdigit() else inner
+
+
+def frame_package(frame: str) -> str:
+    """The top-level package of a frame's file: one of PACKAGES, `templates`, or `other`."""
+    path = frame_file(frame).replace("\\", "/")
+    for marker in ("site-packages/", "dist-packages/", "/lib/python3."):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            if marker == "/lib/python3.":
+                path = path.partition("/")[2]
+    parts = [p for p in path.split("/") if p]
+    if not parts:
+        return "other"
+    top = parts[0].removesuffix(".py")
+    if top in PACKAGES:
+        return top
+    if parts[-1].removesuffix(".py") in TEMPLATES and (len(parts) == 1 or "models" in parts):
+        return "templates"
+    return "other"
+
+
+def package_shares(stacks: Stacks) -> dict[str, float]:
+    """Share of samples by the package of each sample's innermost frame (where the CPU was)."""
+    by_package: Counter = Counter()
+    for frames, count in stacks.items():
+        by_package[frame_package(frames[-1])] += count
+    total = sum(by_package.values()) or 1
+    return {package: count / total for package, count in by_package.most_common()}
+
+
+def inclusive_samples(stacks: Stacks) -> Counter:
+    """Samples in which each function is on the stack (once per sample, however deep)."""
+    inclusive: Counter = Counter()
+    for frames, count in stacks.items():
+        for frame in set(frames):
+            inclusive[frame] += count
+    return inclusive
+
+
+def per_token_differences(a: Stacks, a_tokens: int, b: Stacks, b_tokens: int, top: int) -> list[tuple[str, float, float]]:
+    """(function, A's samples per 1,000 output tokens, B's), largest |A - B| first."""
+    a_in, b_in = inclusive_samples(a), inclusive_samples(b)
+    rows = [(f, 1000 * a_in[f] / a_tokens, 1000 * b_in[f] / b_tokens) for f in set(a_in) | set(b_in)]
+    rows.sort(key=lambda row: abs(row[1] - row[2]), reverse=True)
+    return rows[:top]
+
+
+def output_tokens(stacks_path: Path) -> int:
+    """The completed output tokens of the run recorded in stacks_path (its .json beside it)."""
+    return int(json.loads(stacks_path.with_suffix(".json").read_text())["total_output_tokens"])
+
+
+# --- the comparison --------------------------------------------------------------------------
+
+
+def share_table(a: Stacks, a_tokens: int, b: Stacks, b_tokens: int) -> list[str]:
+    shares_a, shares_b = package_shares(a), package_shares(b)
+    per_kt_a, per_kt_b = 1000 * sum(a.values()) / a_tokens, 1000 * sum(b.values()) / b_tokens
+    lines = ["| package | A share | B share | A samples / 1k tok | B samples / 1k tok |", "| --- | ---: | ---: | ---: | ---: |"]
+    for package in sorted(set(shares_a) | set(shares_b), key=lambda p: -max(shares_a.get(p, 0), shares_b.get(p, 0))):
+        sa, sb = shares_a.get(package, 0.0), shares_b.get(package, 0.0)
+        lines.append(f"| {package} | {sa:.1%} | {sb:.1%} | {sa * per_kt_a:.1f} | {sb * per_kt_b:.1f} |")
+    lines.append(f"| all | 100% | 100% | {per_kt_a:.1f} | {per_kt_b:.1f} |")
+    return lines
+
+
+def difference_table(rows: t.Iterable[tuple[str, float, float]]) -> list[str]:
+    lines = ["| function (inclusive) | A / 1k tok | B / 1k tok | A - B |", "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {f} | {a:.2f} | {b:.2f} | {a - b:+.2f} |" for f, a, b in rows]
+    return lines
+
+
+def compare(a_path: Path, b_path: Path, top: int,
+            tokens: tuple[int, int] | None = None) -> str:
+    """The package shares and the largest per-token differences of two recorded runs, as Markdown."""
+    a, b = read_stacks(a_path), read_stacks(b_path)
+    a_tokens, b_tokens = tokens or (output_tokens(a_path), output_tokens(b_path))
+    return "\n".join([
+        f"A: {a_path} ({sum(a.values())} samples, {a_tokens} output tokens)",
+        f"B: {b_path} ({sum(b.values())} samples, {b_tokens} output tokens)", "",
+        *share_table(a, a_tokens, b, b_tokens), "",
+        *difference_table(per_token_differences(a, a_tokens, b, b_tokens, top)),
+    ])
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--side", choices=("bento", "vllm"))
+    parser.add_argument("--compare", type=Path, nargs=2, metavar=("A.txt", "B.txt"))
+    parser.add_argument("--model", default="tiny-dev")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--num-prompts", type=int, default=256)
+    parser.add_argument("--input-len", type=int, default=64)
+    parser.add_argument("--output-len", type=int, default=64)
+    parser.add_argument("--top", type=int, default=25, help="functions listed by --compare (default: 25)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args(argv)
+    if (args.side is None) == (args.compare is None):
+        parser.error("give --side or --compare")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.compare:
+        print(compare(*args.compare, args.top))
+        return 0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    profile_side(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""scripts/bench/profile.py's reading and comparison of py-spy's collapsed stacks (no server)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from scripts.bench import profile
+
+# Two small runs in py-spy's raw format (root first); A sends 2,000 output tokens, B 1,000.
+A_STACKS = """\
+run (asyncio/events.py:80);__call__ (_bentoml_impl/server/app.py:10);generate (vllm/entrypoints/openai/serving.py:5) 30
+run (asyncio/events.py:80);__call__ (_bentoml_impl/server/app.py:10);__call__ (starlette/routing.py:700) 10
+run (asyncio/events.py:80);_run_once (asyncio/base_events.py:1900) 20
+<module> (/root/bentoml/bentos/x/models/tiny-dev/vllm_openai.py:3);_watch_engine (/root/x/models/tiny-dev/vllm_openai.py:9) 4
+main (/usr/lib/python3.11/site-packages/pydantic/main.py:1) 6
+not a stack line
+"""
+B_STACKS = """\
+run (asyncio/events.py:80);generate (vllm/entrypoints/openai/serving.py:5) 15
+run (asyncio/events.py:80);_run_once (asyncio/base_events.py:1900) 5
+"""
+
+
+@pytest.fixture()
+def runs(tmp_path):
+    paths = []
+    for name, stacks, tokens in (("a", A_STACKS, 2000), ("b", B_STACKS, 1000)):
+        path = tmp_path / f"{name}.txt"
+        path.write_text(stacks)
+        path.with_suffix(".json").write_text(json.dumps({"total_output_tokens": tokens}))
+        paths.append(path)
+    return paths
+
+
+def test_read_stacks_sums_samples_and_skips_lines_without_a_count(runs):
+    stacks = profile.read_stacks(runs[0])
+    assert sum(stacks.values()) == 70
+    assert len(stacks) == 5
+
+
+@pytest.mark.parametrize(("frame", "package"), [
+    ("run (asyncio/events.py:80)", "asyncio"),
+    ("__call__ (_bentoml_impl/server/app.py:10)", "_bentoml_impl"),
+    ("x (/work/.venv/lib/python3.11/site-packages/starlette/routing.py:1)", "starlette"),
+    ("x (/usr/lib/python3.11/asyncio/base_events.py:1)", "asyncio"),
+    ("_watch_engine (/root/bentoml/bentos/t/models/tiny-dev/vllm_openai.py:9)", "templates"),
+    ("f (patches.py:3)", "templates"),
+    ("f (numpy/core/x.py:3)", "other"),
+    ("<native> (libc.so.6)", "other"),
+])
+def test_frame_package(frame, package):
+    assert profile.frame_package(frame) == package
+
+
+def test_package_shares_go_by_the_innermost_frame(runs):
+    shares = profile.package_shares(profile.read_stacks(runs[0]))
+    assert shares == pytest.approx({"vllm": 30 / 70, "asyncio": 20 / 70, "starlette": 10 / 70, "pydantic": 6 / 70,
+                                    "templates": 4 / 70})
+
+
+def test_inclusive_samples_count_a_function_once_per_sample():
+    stacks = Counter({("f (a.py:1)", "g (b.py:2)", "f (a.py:1)"): 3})
+    assert profile.inclusive_samples(stacks) == {"f (a.py:1)": 3, "g (b.py:2)": 3}
+
+
+def test_per_token_differences_normalise_by_output_tokens(runs):
+    a, b = map(profile.read_stacks, runs)
+    rows = {f: (x, y) for f, x, y in profile.per_token_differences(a, 2000, b, 1000, top=3)}
+    # The BentoML frame is in 40 of A's samples (20 per 1k tokens) and none of B's: the largest difference.
+    assert list(rows)[0] == "__call__ (_bentoml_impl/server/app.py:10)"
+    assert rows["__call__ (_bentoml_impl/server/app.py:10)"] == pytest.approx((20.0, 0.0))
+    # The event loop's root: 60 of A's samples (30 per 1k) against 20 of B's (20 per 1k).
+    assert rows["run (asyncio/events.py:80)"] == pytest.approx((30.0, 20.0))
+    assert len(rows) == 3
+
+
+def test_compare_prints_the_share_table_and_the_differences(runs):
+    text = profile.compare(*runs, top=2)
+    assert "| vllm | 42.9% | 75.0% | 15.0 | 15.0 |" in text
+    assert "| _bentoml_impl | 0.0% | 0.0% |" not in text  # a package only on the stack, never innermost: no row
+    assert "| all | 100% | 100% | 35.0 | 20.0 |" in text
+    assert "| __call__ (_bentoml_impl/server/app.py:10) | 20.00 | 0.00 | +20.00 |" in text
+    assert "2000 output tokens" in text and "1000 output tokens" in text
+
+
+def test_a_missing_py_spy_says_what_to_install(monkeypatch):
+    monkeypatch.setattr(profile.shutil, "which", lambda *args, **kwargs: None)
+    with pytest.raises(SystemExit, match="pip install py-spy"):
+        profile.py_spy_binary()
+
+
+def test_side_or_compare_is_required():
+    with pytest.raises(SystemExit):
+        profile.parse_args([])
+    assert profile.parse_args(["--side", "bento"]).concurrency == 8
