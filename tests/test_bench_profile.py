@@ -16,6 +16,8 @@ run (asyncio/events.py:80);__call__ (_bentoml_impl/server/app.py:10);__call__ (s
 run (asyncio/events.py:80);_run_once (asyncio/base_events.py:1900) 20
 <module> (/root/bentoml/bentos/x/models/tiny-dev/vllm_openai.py:3);_watch_engine (/root/x/models/tiny-dev/vllm_openai.py:9) 4
 main (/usr/lib/python3.11/site-packages/pydantic/main.py:1) 6
+_bootstrap (threading.py:1002);_worker (concurrent/futures/thread.py:81) 500
+_run_module_as_main (<frozen runpy>:198);Runner.run (asyncio/runners.py:118) 300
 not a stack line
 """
 B_STACKS = """\
@@ -37,8 +39,14 @@ def runs(tmp_path):
 
 def test_read_stacks_sums_samples_and_skips_lines_without_a_count(runs):
     stacks = profile.read_stacks(runs[0])
-    assert sum(stacks.values()) == 70
-    assert len(stacks) == 5
+    assert sum(stacks.values()) == 870
+    assert len(stacks) == 7
+
+
+def test_busy_leaves_out_the_samples_of_waiting_threads(runs):
+    busy = profile.busy(profile.read_stacks(runs[0]))
+    assert sum(busy.values()) == 70
+    assert not any(frames[-1].startswith(("_worker", "Runner.run")) for frames in busy)
 
 
 @pytest.mark.parametrize(("frame", "package"), [
@@ -56,7 +64,7 @@ def test_frame_package(frame, package):
 
 
 def test_package_shares_go_by_the_innermost_frame(runs):
-    shares = profile.package_shares(profile.read_stacks(runs[0]))
+    shares = profile.package_shares(profile.busy(profile.read_stacks(runs[0])))
     assert shares == pytest.approx({"vllm": 30 / 70, "asyncio": 20 / 70, "starlette": 10 / 70, "pydantic": 6 / 70,
                                     "templates": 4 / 70})
 
@@ -67,7 +75,7 @@ def test_inclusive_samples_count_a_function_once_per_sample():
 
 
 def test_per_token_differences_normalise_by_output_tokens(runs):
-    a, b = map(profile.read_stacks, runs)
+    a, b = (profile.busy(profile.read_stacks(path)) for path in runs)
     rows = {f: (x, y) for f, x, y in profile.per_token_differences(a, 2000, b, 1000, top=3)}
     # The BentoML frame is in 40 of A's samples (20 per 1k tokens) and none of B's: the largest difference.
     assert list(rows)[0] == "__call__ (_bentoml_impl/server/app.py:10)"
@@ -83,7 +91,7 @@ def test_compare_prints_the_share_table_and_the_differences(runs):
     assert "| _bentoml_impl | 0.0% | 0.0% |" not in text  # a package only on the stack, never innermost: no row
     assert "| all | 100% | 100% | 35.0 | 20.0 |" in text
     assert "| __call__ (_bentoml_impl/server/app.py:10) | 20.00 | 0.00 | +20.00 |" in text
-    assert "2000 output tokens" in text and "1000 output tokens" in text
+    assert "70 busy samples of 870, 2000 output tokens" in text and "1000 output tokens" in text
 
 
 def test_a_missing_py_spy_says_what_to_install(monkeypatch):
