@@ -44,7 +44,7 @@ PY_SPY_RATE = 200
 PY_SPY_INSTALL = "pip install py-spy  (the version in constraints.txt; requirements-dev.txt lists it)"
 # Top-level packages reported on their own; our templates are copied beside service.py.
 PACKAGES = ("vllm", "bentoml", "_bentoml_impl", "_bentoml_sdk", "starlette", "fastapi", "uvicorn", "asyncio",
-            "pydantic", "prometheus_client", "opentelemetry")
+            "pydantic", "prometheus_client", "opentelemetry", "anyio", "logging", "zmq")
 TEMPLATES = ("patches", "vllm_openai", "web", "supervisor", "service")
 BENTOML_PACKAGES = ("bentoml", "_bentoml_impl", "_bentoml_sdk")
 ENGINE_CORE_NAME = "EngineCore"
@@ -219,12 +219,18 @@ def package_shares(stacks: Stacks) -> dict[str, float]:
     return {package: count / total for package, count in by_package.most_common()}
 
 
+def function_of(frame: str) -> str:
+    """`function (path/file.py:123)` -> `function (path/file.py)`: one function, whichever line."""
+    name = frame.rpartition(" (")[0]
+    return f"{name} ({frame_file(frame)})" if name else frame
+
+
 def inclusive_samples(stacks: Stacks) -> Counter:
-    """Samples in which each function is on the stack (once per sample, however deep)."""
+    """Samples in which each function is on the stack (once per sample, however deep, whichever line)."""
     inclusive: Counter = Counter()
     for frames, count in stacks.items():
-        for frame in set(frames):
-            inclusive[frame] += count
+        for function in set(map(function_of, frames)):
+            inclusive[function] += count
     return inclusive
 
 
