@@ -10,9 +10,9 @@ vLLM's app, or plain vLLM's API server; not the engine core) with
 `py-spy record --format raw` while vLLM's serving benchmark sends the load, and stops it with
 SIGINT afterwards. It writes <out>/profile-<side>-c<N>-<UTC time>.txt (collapsed stacks: one
 line per stack, root first, then its sample count), the benchmark's result beside it (.json:
-the compare mode reads its completed output tokens) and the facts of the serving and
-engine-core processes (.procs.json: environment, CPU affinity, threads, torch's thread count
-where set by the environment).
+the compare mode reads its completed output tokens), the facts of the serving and
+engine-core processes (.procs.json: environment, CPU affinity, threads) and every thread's
+stack before the load (.threads.txt, `py-spy dump`).
 
 The second form prints, for two such files, the share of samples by top-level package (of
 each sample's innermost frame) and the functions whose inclusive samples per output token
@@ -83,6 +83,12 @@ def start_recording(pid: int, output: Path) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=output.with_suffix(".py-spy.log").open("wb"))
 
 
+def dump_threads(pid: int, output: Path) -> None:
+    """Every thread's stack now (`py-spy dump`): which threads the process runs, and where they wait."""
+    with output.open("wb") as out:
+        subprocess.run([py_spy_binary(), "dump", "--pid", str(pid)], stdout=out, stderr=subprocess.STDOUT, timeout=60)
+
+
 def stop_recording(recorder: subprocess.Popen, output: Path) -> None:
     """SIGINT makes py-spy write its file; raise if it wrote none."""
     recorder.send_signal(signal.SIGINT)
@@ -149,6 +155,7 @@ def profile_side(args: argparse.Namespace) -> Path:
         first_completion(server, entry.served_model_name)
         (serving,) = side.serving_processes(server)
         Path(f"{stem}.procs.json").write_text(json.dumps(side_process_facts(serving), indent=2) + "\n")
+        dump_threads(serving.pid, Path(f"{stem}.threads.txt"))
         result_path = Path(f"{stem}.json")
         flags = client_flags(server, entry.served_model_name, tokenizer, args.concurrency, args, result_path)
         stacks = Path(f"{stem}.txt")
