@@ -8,6 +8,7 @@ import logging
 import re
 
 import pytest
+from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 from fastapi import FastAPI
 from prometheus_client import REGISTRY, Counter, Histogram, values
@@ -16,7 +17,8 @@ from starlette.testclient import TestClient
 import patches
 from scripts.generate import read_constraints
 
-PATCHES = [patches.fix_request_timeout, patches.keep_vllm_metrics_in_process, patches.leave_out_http_metrics]
+PATCHES = [patches.fix_request_timeout, patches.keep_vllm_metrics_in_process, patches.leave_out_http_metrics,
+           patches.cache_request_metric_labels]
 
 
 @pytest.fixture(autouse=True)
@@ -262,3 +264,83 @@ def test_an_error_inside_a_patch_is_logged_and_the_app_left_as_it_was(caplog):
     assert warning.exc_info and "expected one PrometheusInstrumentatorMiddleware" in str(warning.exc_info[1])
     with TestClient(app) as client:
         assert client.get("/nothing").status_code == 404  # the app still serves
+
+
+# 4. BentoML's request metrics: the labelled series looked up once.
+
+
+class CountingMetric:
+    """A stand-in Prometheus metric that counts its `labels()` calls and hands out one series per label set."""
+
+    def __init__(self) -> None:
+        self.lookups = 0
+        self.series: dict[tuple, object] = {}
+        self.documentation = "stand-in"
+
+    def labels(self, **names):
+        self.lookups += 1
+        return self.series.setdefault(tuple(sorted(names.items())), object())
+
+
+def test_labelled_series_are_the_metrics_own_and_looked_up_once_per_label_set(monkeypatch):
+    metric = CountingMetric()
+    cached = patches.LabelledSeries(metric)
+    first = cached.labels(endpoint="/v1/completions", http_response_code=200)
+    assert cached.labels(endpoint="/v1/completions", http_response_code=200) is first
+    assert cached.labels(endpoint="/v1/completions", http_response_code=500) is not first
+    assert metric.lookups == 2
+    assert first is metric.labels(endpoint="/v1/completions", http_response_code=200)  # the metric's own series
+    assert cached.documentation == "stand-in"  # everything else is the metric's
+    monkeypatch.setattr(patches, "LABEL_CACHE_SIZE", 2)
+    cached.labels(endpoint="/other", http_response_code=200)  # a third label set: the cache starts again
+    assert cached.labels(endpoint="/v1/completions", http_response_code=200) is first
+    assert len(cached._series) == 2
+
+
+@pytest.fixture
+def cached_request_metrics(monkeypatch):
+    monkeypatch.setattr(RunnerTrafficMetricsMiddleware, "_setup", RunnerTrafficMetricsMiddleware._setup)  # restored after
+    assert patches.cache_request_metric_labels() is True
+    assert patches.cache_request_metric_labels() is True  # a second call changes nothing
+
+
+def request_total(endpoint: str, status: str) -> float:
+    return REGISTRY.get_sample_value("bentoml_runner_request_total", {"endpoint": endpoint, "http_response_code": status,
+                                                                      "service_name": "", "service_version": "",
+                                                                      "runner_name": ""}) or 0.0
+
+
+def test_cached_request_metrics_count_every_request_as_bentoml_does(cached_request_metrics):
+    from bentoml._internal.context import server_context
+
+    server_context.bento_name = server_context.bento_version = server_context.service_name = ""
+    middleware = RunnerTrafficMetricsMiddleware(streaming_app)
+    before = request_total("/v1/completions", "200")
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        pass
+
+    async def requests(n: int) -> None:
+        for _ in range(n):
+            await middleware({"type": "http", "path": "/v1/completions"}, receive, send)
+
+    asyncio.run(requests(3))
+    assert request_total("/v1/completions", "200") == before + 3
+    assert isinstance(middleware.metrics_request_total, patches.LabelledSeries)
+    assert len(middleware.metrics_request_total._series) == 1  # one label set, looked up once
+
+
+def changed_setup(self) -> None:
+    pass  # a BentoML whose middleware is not the one the patch was tested on
+
+
+def test_request_metrics_patch_leaves_a_changed_middleware_alone_with_one_warning(monkeypatch, caplog):
+    monkeypatch.setattr(RunnerTrafficMetricsMiddleware, "_setup", changed_setup)
+    assert patches.cache_request_metric_labels() is False
+    assert patches.cache_request_metric_labels() is False
+    assert RunnerTrafficMetricsMiddleware._setup is changed_setup
+    [warning] = patch_warnings(caplog, "cache_request_metric_labels")
+    assert "not applied: BentoML's RunnerTrafficMetricsMiddleware is not the code it was tested on" in warning.getMessage()

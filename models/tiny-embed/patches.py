@@ -1,4 +1,4 @@
-"""Three patches of library internals that keep the Bento as fast as plain vLLM, each guarded.
+"""Four patches of library internals that keep the Bento as fast as plain vLLM, each guarded.
 
 Copied verbatim into every generated model folder from templates/patches.py by
 scripts/generate.py.
@@ -6,6 +6,7 @@ scripts/generate.py.
 - `fix_request_timeout`: BentoML's request timeout without a timer and a task per request.
 - `keep_vllm_metrics_in_process`: vLLM's Prometheus values in memory, not in BentoML's files.
 - `leave_out_http_metrics`: no second copy of BentoML's HTTP request metrics in vLLM's app.
+- `cache_request_metric_labels`: BentoML's request metrics find their labelled series once, not per request.
 
 Each replaces a private part of a library, measured with the pinned versions
 (docs/performance.md). `guarded_patch` applies one only while the code it replaces is, to the
@@ -269,3 +270,75 @@ def leave_out_http_metrics(app) -> None:
         raise LookupError(f"expected one {middleware.__name__} in vLLM's app, found {len(app.user_middleware) - len(kept)}")
     app.user_middleware = kept
     app.middleware_stack = None  # Starlette builds it again, from user_middleware, on the first request
+
+
+# 4. BentoML's request metrics: each labelled series looked up once ----------------------
+
+# The metrics of BentoML's RunnerTrafficMetricsMiddleware that its __call__ reaches through `.labels(...)`.
+REQUEST_METRICS = ("metrics_request_duration", "metrics_request_total", "metrics_request_in_progress",
+                   "metrics_websocket_connections", "metrics_websocket_data_received",
+                   "metrics_websocket_data_sent", "metrics_last_request_timestamp")
+# Distinct label sets kept per metric (one per endpoint and status): past it, the cache starts again.
+LABEL_CACHE_SIZE = 1024
+
+
+def _request_metrics_middleware():
+    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
+
+    return RunnerTrafficMetricsMiddleware
+
+
+class LabelledSeries:
+    """A Prometheus metric whose `labels(**names)` remembers the series it found for those names.
+
+    prometheus_client's `labels()` checks, sorts and turns to text every label on every call;
+    BentoML's middleware calls it four times per request with the same few label sets. The
+    series (and so every value, and /metrics) are the metric's own; anything else is passed on.
+    """
+
+    def __init__(self, metric) -> None:
+        self.metric = metric
+        self._series: dict[tuple, t.Any] = {}
+
+    def labels(self, **names):
+        key = tuple(names.items())
+        series = self._series.get(key)
+        if series is None:
+            if len(self._series) >= LABEL_CACHE_SIZE:
+                self._series.clear()
+            series = self._series[key] = self.metric.labels(**names)
+        return series
+
+    def __getattr__(self, name: str):
+        return getattr(self.metric, name)
+
+
+def _setup_with_cached_labels(original: t.Callable[..., None]) -> t.Callable[..., None]:
+    @functools.wraps(original)
+    def _setup(self, *args, **kwargs) -> None:
+        original(self, *args, **kwargs)
+        for name in REQUEST_METRICS:
+            setattr(self, name, LabelledSeries(getattr(self, name)))
+
+    _setup.caches_labels = True  # type: ignore[attr-defined]
+    return _setup
+
+
+@guarded_patch(
+    replaces="BentoML's RunnerTrafficMetricsMiddleware",
+    tested_with={"bentoml": "1.4.39"},
+    internals=lambda: (_request_metrics_middleware()._setup, _request_metrics_middleware().__call__),
+    digest="61d3a367d7954f67",
+    applied=lambda: getattr(_request_metrics_middleware()._setup, "caches_labels", False),
+)
+def cache_request_metric_labels() -> None:
+    """Keep BentoML's request metrics, with each labelled series looked up once per label set.
+
+    Under load the profile of the Bento's worker (docs/performance.md, 2026-12-03) showed
+    BentoML's request metrics as the largest of its own layers, and more than half of their
+    cost in prometheus_client's `labels()`: four calls per request, each validating, sorting
+    and stringifying five labels, to find the same series again. The same series are updated
+    with the same values; only the look-up is remembered.
+    """
+    middleware = _request_metrics_middleware()
+    middleware._setup = _setup_with_cached_labels(middleware._setup)
