@@ -69,6 +69,16 @@ def test_package_shares_go_by_the_innermost_frame(runs):
                                     "templates": 4 / 70})
 
 
+def test_layer_shares_count_utility_work_for_its_caller():
+    stacks = Counter({
+        ("run (asyncio/events.py:80)", "wrapped_send (bentoml/_internal/server/http/instruments.py:338)",
+         "observe (prometheus_client/metrics.py:678)", "inc (prometheus_client/values.py:28)"): 3,
+        ("run (asyncio/events.py:80)", "output_handler (vllm/v1/engine/async_llm.py:864)", "set (asyncio/locks.py:192)"): 1,
+        ("run (asyncio/events.py:80)", "_run_once (asyncio/base_events.py:1900)"): 4,
+    })
+    assert profile.layer_shares(stacks) == {"bentoml": 3 / 8, "vllm": 1 / 8, "asyncio": 4 / 8}
+
+
 def test_inclusive_samples_count_a_function_once_per_sample_whichever_line():
     stacks = Counter({("f (a.py:1)", "g (b.py:2)", "f (a.py:7)"): 3, ("g (b.py:9)",): 1})
     assert profile.inclusive_samples(stacks) == {"f (a.py)": 3, "g (b.py)": 4}
@@ -87,7 +97,8 @@ def test_per_token_differences_normalise_by_output_tokens(runs):
 
 def test_compare_prints_the_share_table_and_the_differences(runs):
     text = profile.compare(*runs, top=2)
-    assert "| vllm | 42.9% | 75.0% | 15.0 | 15.0 |" in text
+    assert text.count("| vllm | 42.9% | 75.0% | 15.0 | 15.0 |") == 2  # by package and by layer
+    assert "| layer (innermost caller outside utilities) | A share |" in text
     assert "| _bentoml_impl | 0.0% | 0.0% |" not in text  # a package only on the stack, never innermost: no row
     assert "| all | 100% | 100% | 35.0 | 20.0 |" in text
     assert "| __call__ (_bentoml_impl/server/app.py) | 20.00 | 0.00 | +20.00 |" in text

@@ -15,7 +15,8 @@ engine-core processes (.procs.json: environment, CPU affinity, threads) and ever
 stack before the load (.threads.txt, `py-spy dump`).
 
 The second form prints, for two such files, the share of samples by top-level package (of
-each sample's innermost frame) and the functions whose inclusive samples per output token
+each sample's innermost frame), the same by layer (the innermost frame outside the
+utilities, UTILITY_PACKAGES: whose work it was) and the functions whose inclusive samples per output token
 differ most (A minus B). Without --idle py-spy leaves out threads it sees waiting, but here it
 still samples threads blocked in a queue, a condition or the event loop's poll (measured: 85% of
 plain vLLM's samples); `busy` drops samples whose innermost frame is one of IDLE_FRAMES, so what
@@ -46,7 +47,8 @@ PY_SPY_INSTALL = "pip install py-spy  (the version in constraints.txt; requireme
 PACKAGES = ("vllm", "bentoml", "_bentoml_impl", "_bentoml_sdk", "starlette", "fastapi", "uvicorn", "asyncio",
             "pydantic", "prometheus_client", "opentelemetry", "anyio", "logging", "zmq")
 TEMPLATES = ("patches", "vllm_openai", "web", "supervisor", "service")
-BENTOML_PACKAGES = ("bentoml", "_bentoml_impl", "_bentoml_sdk")
+# Packages that do work on behalf of their caller: a sample in them counts for the nearest caller outside them.
+UTILITY_PACKAGES = ("prometheus_client", "asyncio", "logging", "anyio", "pydantic", "other")
 ENGINE_CORE_NAME = "EngineCore"
 ENV_SHOWN = ("PROMETHEUS_MULTIPROC_DIR", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
              "TORCH_NUM_THREADS", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_KVCACHE_SPACE", "CUDA_VISIBLE_DEVICES",
@@ -232,6 +234,23 @@ def function_of(frame: str) -> str:
     return f"{name} ({frame_file(frame)})" if name else frame
 
 
+def layer_of(frames: tuple[str, ...]) -> str:
+    """The package of the innermost frame outside UTILITY_PACKAGES: whose work the sample was
+    (BentoML's request metrics, not prometheus_client; vLLM's output handler, not asyncio)."""
+    for frame in reversed(frames):
+        if (package := frame_package(frame)) not in UTILITY_PACKAGES:
+            return package
+    return frame_package(frames[-1])
+
+
+def layer_shares(stacks: Stacks) -> dict[str, float]:
+    by_layer: Counter = Counter()
+    for frames, count in stacks.items():
+        by_layer[layer_of(frames)] += count
+    total = sum(by_layer.values()) or 1
+    return {layer: count / total for layer, count in by_layer.most_common()}
+
+
 def inclusive_samples(stacks: Stacks) -> Counter:
     """Samples in which each function is on the stack (once per sample, however deep, whichever line)."""
     inclusive: Counter = Counter()
@@ -257,10 +276,12 @@ def output_tokens(stacks_path: Path) -> int:
 # --- the comparison --------------------------------------------------------------------------
 
 
-def share_table(a: Stacks, a_tokens: int, b: Stacks, b_tokens: int) -> list[str]:
-    shares_a, shares_b = package_shares(a), package_shares(b)
+def share_table(a: Stacks, a_tokens: int, b: Stacks, b_tokens: int, shares: t.Callable[[Stacks], dict[str, float]],
+                heading: str) -> list[str]:
+    shares_a, shares_b = shares(a), shares(b)
     per_kt_a, per_kt_b = 1000 * sum(a.values()) / a_tokens, 1000 * sum(b.values()) / b_tokens
-    lines = ["| package | A share | B share | A samples / 1k tok | B samples / 1k tok |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines = [f"| {heading} | A share | B share | A samples / 1k tok | B samples / 1k tok |",
+             "| --- | ---: | ---: | ---: | ---: |"]
     for package in sorted(set(shares_a) | set(shares_b), key=lambda p: -max(shares_a.get(p, 0), shares_b.get(p, 0))):
         sa, sb = shares_a.get(package, 0.0), shares_b.get(package, 0.0)
         lines.append(f"| {package} | {sa:.1%} | {sb:.1%} | {sa * per_kt_a:.1f} | {sb * per_kt_b:.1f} |")
@@ -282,7 +303,8 @@ def compare(a_path: Path, b_path: Path, top: int) -> str:
     return "\n".join([
         f"A: {a_path} ({sum(a.values())} busy samples of {sum(all_a.values())}, {a_tokens} output tokens)",
         f"B: {b_path} ({sum(b.values())} busy samples of {sum(all_b.values())}, {b_tokens} output tokens)", "",
-        *share_table(a, a_tokens, b, b_tokens), "",
+        *share_table(a, a_tokens, b, b_tokens, package_shares, "package (innermost frame)"), "",
+        *share_table(a, a_tokens, b, b_tokens, layer_shares, "layer (innermost caller outside utilities)"), "",
         *difference_table(per_token_differences(a, a_tokens, b, b_tokens, top)),
     ])
 
