@@ -35,6 +35,14 @@ def patch_warnings(caplog, name: str) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.levelno == logging.WARNING and r.getMessage().startswith(f"{name}: ")]
 
 
+def left_alone_warning(patch, caplog) -> str:
+    """Apply a patch twice where it must not apply: it says so, and warns once; the warning's text."""
+    assert patch() is False
+    assert patch() is False
+    [warning] = patch_warnings(caplog, patch.__name__)
+    return warning.getMessage()
+
+
 async def streaming_app(scope, receive, send) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"token", "more_body": False})
@@ -148,11 +156,8 @@ async def changed_timeout_call(self, scope, receive, send) -> None:
 
 def test_timeout_fix_leaves_a_changed_middleware_alone_with_one_warning(monkeypatch, caplog):
     monkeypatch.setattr(TimeoutMiddleware, "__call__", changed_timeout_call)
-    assert patches.fix_request_timeout() is False
-    assert patches.fix_request_timeout() is False
+    message = left_alone_warning(patches.fix_request_timeout, caplog)
     assert TimeoutMiddleware.__call__ is changed_timeout_call
-    [warning] = patch_warnings(caplog, "fix_request_timeout")
-    message = warning.getMessage()
     assert "not applied: BentoML's TimeoutMiddleware is not the code it was tested on (bentoml 1.4.39; installed: bentoml 1.4.39" in message
     assert f"expected {patches.fix_request_timeout.digest}" in message and "library's own behaviour stays" in message
 
@@ -339,8 +344,6 @@ def changed_setup(self) -> None:
 
 def test_request_metrics_patch_leaves_a_changed_middleware_alone_with_one_warning(monkeypatch, caplog):
     monkeypatch.setattr(RunnerTrafficMetricsMiddleware, "_setup", changed_setup)
-    assert patches.cache_request_metric_labels() is False
-    assert patches.cache_request_metric_labels() is False
+    message = left_alone_warning(patches.cache_request_metric_labels, caplog)
     assert RunnerTrafficMetricsMiddleware._setup is changed_setup
-    [warning] = patch_warnings(caplog, "cache_request_metric_labels")
-    assert "not applied: BentoML's RunnerTrafficMetricsMiddleware is not the code it was tested on" in warning.getMessage()
+    assert "not applied: BentoML's RunnerTrafficMetricsMiddleware is not the code it was tested on" in message
