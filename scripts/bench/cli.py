@@ -39,7 +39,8 @@ from pathlib import Path
 
 from scripts.bench.report import plot, summary_table  # noqa: E402
 from scripts.bench.run import (  # noqa: E402
-    ROOT, autogroup_enabled, autogroup_warning, catalog_entry, measure_pairs, plain_sides, versions, vllm_command_line,
+    ROOT, autogroup_enabled, autogroup_warning, catalog_entry, measure_pairs, plain_sides, served_weights, versions,
+    vllm_command_line,
 )
 from scripts.bench.stats import SEED, pooled_runs, summarize  # noqa: E402
 
@@ -79,7 +80,7 @@ def measure(args: argparse.Namespace) -> dict:
     if machine["sched_autogroup_enabled"]:
         print(autogroup_warning(), flush=True)
 
-    tokenizer = vllm_argv[vllm_argv.index("--model") + 1]
+    tokenizer = served_weights(vllm_argv)
     runs = measure_pairs(plain_sides(entry, vllm_argv), entry.served_model_name, tokenizer, args, work)
     return {
         "model": entry.name, "served_model_name": entry.served_model_name, "created_utc": stamp,

@@ -38,7 +38,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from scripts.bench.run import (
-    ROOT, Side, catalog_entry, client_flags, first_completion, plain_sides, run_benchmark_client, vllm_command_line,
+    ROOT, Side, catalog_entry, client_flags, first_completion, plain_sides, run_benchmark_client, served_weights,
+    vllm_command_line,
 )
 
 PY_SPY_RATE = 200
@@ -141,32 +142,39 @@ def side_process_facts(serving) -> dict:
 # --- one recorded run ------------------------------------------------------------------------
 
 
-def chosen_side(entry, name: str) -> Side:
-    return next(s for s in plain_sides(entry, vllm_command_line(entry)) if s.name == name)
+def chosen_side(entry, argv: list[str], name: str) -> Side:
+    return next(s for s in plain_sides(entry, argv) if s.name == name)
+
+
+def recorded_load(pid: int, flags: list[str], stacks: Path, result_path: Path) -> dict:
+    """The benchmark's load (no warm-up: the first completion was one) with py-spy on `pid`; its result,
+    written to result_path (the compare mode reads its output tokens there)."""
+    recorder = start_recording(pid, stacks)
+    try:
+        result = run_benchmark_client(flags, 0, [pid], result_path)
+    finally:
+        stop_recording(recorder, stacks)
+    result_path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 def profile_side(args: argparse.Namespace) -> Path:
     """Start the side's server, record its serving process during the load; the stacks' path."""
-    entry = catalog_entry(args.model)
-    side = chosen_side(entry, args.side)
     py_spy_binary()  # before minutes of server start
+    entry = catalog_entry(args.model)
+    argv = vllm_command_line(entry)
+    side = chosen_side(entry, argv, args.side)
     stem = args.out / f"profile-{side.name}-c{args.concurrency}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
     stem.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer = vllm_command_line(entry)[1]
+    tokenizer = served_weights(argv)
     with side.server(Path(f"{stem}.server.log")) as server:
         first_completion(server, entry.served_model_name)
         (serving,) = side.serving_processes(server)
         Path(f"{stem}.procs.json").write_text(json.dumps(side_process_facts(serving), indent=2) + "\n")
         dump_threads(serving.pid, Path(f"{stem}.threads.txt"))
-        result_path = Path(f"{stem}.json")
+        result_path, stacks = Path(f"{stem}.json"), Path(f"{stem}.txt")
         flags = client_flags(server, entry.served_model_name, tokenizer, args.concurrency, args, result_path)
-        stacks = Path(f"{stem}.txt")
-        recorder = start_recording(serving.pid, stacks)
-        try:
-            result = run_benchmark_client(flags, 0, [serving.pid], result_path)
-        finally:
-            stop_recording(recorder, stacks)
-    result_path.write_text(json.dumps(result, indent=2) + "\n")
+        result = recorded_load(serving.pid, flags, stacks, result_path)
     print(f"{side.name}: {result['total_output_tokens']} output tokens, serving CPU {result['server_cpu_s']:.2f} s, "
           f"{sum(busy(read_stacks(stacks)).values())} busy samples: {stacks}")
     return stacks

@@ -74,6 +74,11 @@ def vllm_command_line(entry: Entry) -> list[str]:
     return engine_argv(local_weights(entry.model), config)
 
 
+def served_weights(argv: list[str]) -> str:
+    """The weights' folder in a `vllm serve` command line (also the benchmark's tokenizer)."""
+    return argv[argv.index("--model") + 1]
+
+
 # --- the machine -----------------------------------------------------------------------------
 
 
