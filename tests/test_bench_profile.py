@@ -96,7 +96,7 @@ def test_per_token_differences_normalise_by_output_tokens(runs):
 
 
 def test_compare_prints_the_share_table_and_the_differences(runs):
-    text = profile.compare(*runs, top=2)
+    text = profile.compare([runs[0]], [runs[1]], top=2)
     assert text.count("| vllm | 42.9% | 75.0% | 15.0 | 15.0 |") == 2  # by package and by layer
     assert "| layer (innermost caller outside utilities) | A share |" in text
     assert "| _bentoml_impl | 0.0% | 0.0% |" not in text  # a package only on the stack, never innermost: no row
@@ -115,3 +115,11 @@ def test_side_or_compare_is_required():
     with pytest.raises(SystemExit):
         profile.parse_args([])
     assert profile.parse_args(["--side", "bento"]).concurrency == 8
+
+
+def test_several_runs_of_a_side_are_pooled(runs):
+    text = profile.compare([runs[0], runs[0]], [runs[1]], top=1)
+    assert "(140 busy samples of 1740, 4000 output tokens)" in text
+    assert "| vllm | 42.9% | 75.0% | 15.0 | 15.0 |" in text  # the same per token as one run
+    assert profile.parse_args(["--compare", "a.txt,a2.txt", "b.txt"]).compare == [
+        [profile.Path("a.txt"), profile.Path("a2.txt")], [profile.Path("b.txt")]]

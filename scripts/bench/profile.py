@@ -2,7 +2,7 @@
 
     python -m scripts.bench.profile --side bento|vllm [--model tiny-dev] [--concurrency 8]
                                     [--num-prompts 256] [--out bench/results]
-    python -m scripts.bench.profile --compare A.txt B.txt [--top 25]
+    python -m scripts.bench.profile --compare A.txt[,A2.txt ...] B.txt[,B2.txt ...] [--top 25]
 
 The first form starts one side's server as `make bench` does (run.py's `plain_sides`), waits
 for the first completion, then records the serving process (the BentoML worker that holds
@@ -17,7 +17,8 @@ stack before the load (.threads.txt, `py-spy dump`).
 The second form prints, for two such files, the share of samples by top-level package (of
 each sample's innermost frame), the same by layer (the innermost frame outside the
 utilities, UTILITY_PACKAGES: whose work it was) and the functions whose inclusive samples per output token
-differ most (A minus B). Without --idle py-spy leaves out threads it sees waiting, but here it
+differ most (A minus B); several runs of a side, comma-separated, are pooled (samples and
+tokens summed). Without --idle py-spy leaves out threads it sees waiting, but here it
 still samples threads blocked in a queue, a condition or the event loop's poll (measured: 85% of
 plain vLLM's samples); `busy` drops samples whose innermost frame is one of IDLE_FRAMES, so what
 is compared is CPU time (and time runnable, waiting for a core, on a busy machine). uvloop's
@@ -303,24 +304,37 @@ def difference_table(rows: t.Iterable[tuple[str, float, float]]) -> list[str]:
     return lines
 
 
-def compare(a_path: Path, b_path: Path, top: int) -> str:
-    """The package shares and the largest per-token differences of two recorded runs, as Markdown."""
-    all_a, all_b = read_stacks(a_path), read_stacks(b_path)
+def pooled(paths: list[Path]) -> tuple[Stacks, int]:
+    """Several recorded runs of one side as one: their samples and their output tokens summed."""
+    stacks: Stacks = Counter()
+    for path in paths:
+        stacks.update(read_stacks(path))
+    return stacks, sum(map(output_tokens, paths))
+
+
+def compare(a_paths: list[Path], b_paths: list[Path], top: int) -> str:
+    """The package and layer shares and the largest per-token differences of two sides' runs, as Markdown."""
+    (all_a, a_tokens), (all_b, b_tokens) = pooled(a_paths), pooled(b_paths)
     a, b = busy(all_a), busy(all_b)
-    a_tokens, b_tokens = output_tokens(a_path), output_tokens(b_path)
     return "\n".join([
-        f"A: {a_path} ({sum(a.values())} busy samples of {sum(all_a.values())}, {a_tokens} output tokens)",
-        f"B: {b_path} ({sum(b.values())} busy samples of {sum(all_b.values())}, {b_tokens} output tokens)", "",
+        f"A: {', '.join(map(str, a_paths))} ({sum(a.values())} busy samples of {sum(all_a.values())}, {a_tokens} output tokens)",
+        f"B: {', '.join(map(str, b_paths))} ({sum(b.values())} busy samples of {sum(all_b.values())}, {b_tokens} output tokens)", "",
         *share_table(a, a_tokens, b, b_tokens, package_shares, "package (innermost frame)"), "",
         *share_table(a, a_tokens, b, b_tokens, layer_shares, "layer (innermost caller outside utilities)"), "",
         *difference_table(per_token_differences(a, a_tokens, b, b_tokens, top)),
     ])
 
 
+def run_files(text: str) -> list[Path]:
+    """`A.txt` or `A1.txt,A2.txt`: one side's recorded runs."""
+    return [Path(part) for part in text.split(",") if part]
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--side", choices=("bento", "vllm"))
-    parser.add_argument("--compare", type=Path, nargs=2, metavar=("A.txt", "B.txt"))
+    parser.add_argument("--compare", type=run_files, nargs=2, metavar=("A.txt[,A2.txt]", "B.txt[,B2.txt]"),
+                        help="two sides' recorded runs (several of one side: comma-separated, pooled)")
     parser.add_argument("--model", default="tiny-dev")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--num-prompts", type=int, default=256)
