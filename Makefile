@@ -6,7 +6,7 @@ PORT ?= 3000
 MODELS := $(sort $(notdir $(wildcard models/*)))
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser podman base-image client-env lock generate check test test-quick tiny-model new verify-revisions serve demo build containerize deploy secret bench stack-cost
+.PHONY: help install browser podman base-image client-env lock generate check test test-quick tiny-model new verify-revisions serve demo build containerize deploy secret bench stack-cost profile
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -115,3 +115,6 @@ bench: ## Bento vs plain vLLM on the same weights, one server at a time: make be
 
 stack-cost: ## CPU per request of each BentoML layer in a generated service, without vLLM: make stack-cost [MODEL=tiny-dev]
 	$(PY) -m scripts.bench.stack_cost --model $(or $(MODEL),tiny-dev)
+
+profile: ## py-spy on one side's serving process under the benchmark's load (needs py-spy): make profile SIDE=bento|vllm [MODEL=tiny-dev] [PROFILE_ARGS="--concurrency 32"]
+	$(PY) -m scripts.bench.profile --side $(or $(SIDE),bento) --model $(or $(MODEL),tiny-dev) $(PROFILE_ARGS)
