@@ -28,8 +28,9 @@ from scripts.serving.process import ServerProcess, bento_server, end_all, free_p
 # loadscope`, so a module's servers start once) in collection order. These modules serve the
 # longest (measured with --durations): they go first, so that no worker is left with one of them
 # at the end while the others have finished; every other module keeps its place after them.
-LONGEST_FIRST = ("test_container", "test_serve_failures", "test_serve_hub", "test_gateway", "test_bench",
-                 "test_gateway_failure", "test_new_model", "test_serve_openai", "test_bento", "test_serve_auth_chat")
+LONGEST_FIRST = ("test_container", "test_serve_failures", "test_gateway", "test_serve_hub", "test_gateway_failure",
+                 "test_serve_auth_chat", "test_bench", "test_new_model", "test_locks", "test_serve_embed",
+                 "test_serve_hf", "test_serve_openai", "test_bento")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
