@@ -2,7 +2,9 @@
 
 Field names of `engine` and `server` are checked against vLLM's own `EngineArgs` and
 `FrontendArgs`, GPU types against BentoML's own list, and the whole entry against vLLM's
-`vllm serve` argument parser, so the catalog never drifts from the pinned versions.
+`vllm serve` argument parser, so the catalog never drifts from the pinned versions. vLLM's
+answers are kept per vLLM release (scripts/vllm_answers.py), so that a load imports vLLM only
+for what it has not asked that release before.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import dataclasses
 import difflib
 import functools
 import io
+import json
 import re
 import typing as t
 from pathlib import Path
@@ -20,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from scripts.gpus import DEFAULT_GPU_MEMORY_UTILIZATION, Fit, gpu_fit
+from scripts.vllm_answers import answer
 
 SLUG = r"^[a-z0-9]+(?:[a-z0-9._-]*[a-z0-9])?$"
 ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
@@ -88,31 +92,41 @@ class CatalogError(Exception):
 @functools.cache
 def vllm_field_names() -> tuple[frozenset[str], frozenset[str]]:
     """The argument names vLLM's `EngineArgs` and OpenAI `FrontendArgs` accept."""
-    from vllm.engine.arg_utils import EngineArgs
-    from vllm.entrypoints.launchers.cli_args import FrontendArgs
 
-    engine = frozenset(f.name for f in dataclasses.fields(EngineArgs))
-    server = frozenset(f.name for f in dataclasses.fields(FrontendArgs))
-    return engine, server
+    def ask_vllm() -> list[list[str]]:
+        from vllm.engine.arg_utils import EngineArgs
+        from vllm.entrypoints.launchers.cli_args import FrontendArgs
+
+        return [sorted(f.name for f in dataclasses.fields(args)) for args in (EngineArgs, FrontendArgs)]
+
+    engine, server = answer("fields of EngineArgs and FrontendArgs", ask_vllm)
+    return frozenset(engine), frozenset(server)
 
 
 @functools.cache
 def quantization_methods() -> tuple[str, ...]:
-    from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
+    def ask_vllm() -> list[str]:
+        from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
 
-    return tuple(QUANTIZATION_METHODS)
+        return list(QUANTIZATION_METHODS)
+
+    return tuple(answer("quantization methods", ask_vllm))
 
 
 @functools.cache
 def output_parsers() -> dict[str, tuple[str, ...]]:
     """The tool-call and reasoning parsers vLLM registers, by the catalog field that names one."""
-    from vllm.reasoning import ReasoningParserManager
-    from vllm.tool_parsers import ToolParserManager
 
-    return {
-        "server.tool_call_parser": tuple(ToolParserManager.list_registered()),
-        "engine.reasoning_parser": tuple(ReasoningParserManager.list_registered()),
-    }
+    def ask_vllm() -> dict[str, list[str]]:
+        from vllm.reasoning import ReasoningParserManager
+        from vllm.tool_parsers import ToolParserManager
+
+        return {
+            "server.tool_call_parser": list(ToolParserManager.list_registered()),
+            "engine.reasoning_parser": list(ReasoningParserManager.list_registered()),
+        }
+
+    return {field: tuple(names) for field, names in answer("registered parsers", ask_vllm).items()}
 
 
 def choice_problem(where: str, value: t.Any, choices: t.Sequence[str], what: str) -> list[str]:
@@ -419,20 +433,27 @@ def vllm_parser_problems(entry: Entry) -> list[str]:
     from scripts.templates import template_module
 
     vllm_openai = template_module("vllm_openai")
-    engine_argv, parse_engine_args = vllm_openai.engine_argv, vllm_openai.parse_engine_args
-
-    stderr = io.StringIO()
+    config = entry_engine_config(entry)
+    if entry.lora_adapters:
+        config["lora_modules"] = [f"{a.name}=/adapters/{a.name}" for a in entry.lora_adapters]
     try:
-        with contextlib.redirect_stderr(stderr):
-            config = entry_engine_config(entry)
-            if entry.lora_adapters:
-                config["lora_modules"] = [f"{a.name}=/adapters/{a.name}" for a in entry.lora_adapters]
-            parse_engine_args(engine_argv("/model", config))
-    except SystemExit:
-        return [f"vllm serve rejects it: {line.split('error: ', 1)[-1]}" for line in stderr.getvalue().splitlines() if "error:" in line]
+        argv = vllm_openai.engine_argv("/model", config)
     except (TypeError, ValueError) as exc:
         return [f"vllm serve rejects it: {exc}"]
-    return []
+
+    def ask_vllm() -> list[str]:
+        stderr = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(stderr):
+                vllm_openai.parse_engine_args(argv)
+        except SystemExit:
+            return [f"vllm serve rejects it: {line.split('error: ', 1)[-1]}" for line in stderr.getvalue().splitlines()
+                    if "error:" in line]
+        except (TypeError, ValueError) as exc:
+            return [f"vllm serve rejects it: {exc}"]
+        return []
+
+    return answer("vllm serve " + json.dumps(argv), ask_vllm)
 
 
 def entry_engine_config(entry: Entry) -> dict[str, t.Any]:

@@ -17,10 +17,13 @@ Fetching the files (a local folder, the Hugging Face cache, or the Hub) is `fetc
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from scripts.vllm_answers import answer
 
 # The files `make new` reads; weights are never downloaded for it.
 CONFIG_FILES = ["config.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja", "chat_template.json"]
@@ -154,12 +157,18 @@ def kv_bytes_per_token(tc: dict, dtype: str) -> int:
 @functools.cache
 def native_architectures() -> tuple[frozenset[str], frozenset[str]]:
     """Architectures vLLM implements itself, and those transformers does (vLLM runs them too)."""
-    from transformers.models.auto import modeling_auto
-    from vllm.model_executor.models import ModelRegistry
 
-    mappings = [v for k, v in vars(modeling_auto).items() if k.startswith("MODEL_") and k.endswith("_MAPPING_NAMES")]
-    in_transformers = {name for m in mappings for names in m.values() for name in ([names] if isinstance(names, str) else names)}
-    return frozenset(ModelRegistry.get_supported_archs()), frozenset(in_transformers)
+    def ask_vllm() -> list[list[str]]:
+        from transformers.models.auto import modeling_auto
+        from vllm.model_executor.models import ModelRegistry
+
+        mappings = [v for k, v in vars(modeling_auto).items() if k.startswith("MODEL_") and k.endswith("_MAPPING_NAMES")]
+        in_transformers = {name for m in mappings for names in m.values() for name in ([names] if isinstance(names, str) else names)}
+        return [sorted(ModelRegistry.get_supported_archs()), sorted(in_transformers)]
+
+    question = f"architectures, with transformers {importlib.metadata.version('transformers')}"
+    in_vllm, in_transformers = answer(question, ask_vllm)
+    return frozenset(in_vllm), frozenset(in_transformers)
 
 
 def remote_code_reason(architecture: str, config: dict, tokenizer_config: dict) -> str | None:

@@ -24,6 +24,23 @@ ROOT = Path(__file__).resolve().parents[1]
 from scripts.serving.process import ServerProcess, bento_server, end_all, free_port
 
 
+# `make test` runs the suite on pytest-xdist workers, each taking whole modules (`--dist
+# loadscope`, so a module's servers start once) in collection order. These modules serve the
+# longest (measured with --durations): they go first, so that no worker is left with one of them
+# at the end while the others have finished; every other module keeps its place after them.
+LONGEST_FIRST = ("test_container", "test_serve_failures", "test_gateway", "test_serve_hub", "test_gateway_failure",
+                 "test_serve_auth_chat", "test_bench", "test_new_model", "test_locks", "test_serve_embed",
+                 "test_serve_hf", "test_serve_openai", "test_bento")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        module = Path(str(item.path)).stem
+        return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the tests of a module keep their order
+
+
 @pytest.fixture(scope="session")
 def catalog_data() -> dict:
     """The repository's catalog.yaml as plain data; tests change deep copies of it."""

@@ -30,7 +30,7 @@ def client(server, key: str | None) -> openai.OpenAI:
 
 
 @pytest.mark.parametrize("path,method", [("/v1/models", "GET"), ("/v1/chat/completions", "POST"), ("/generate", "POST"), ("/tokenize", "POST")])
-@pytest.mark.parametrize("auth", [None, "Bearer wrong-key", f"Basic {KEY}"])
+@pytest.mark.parametrize("auth", [None, "Bearer wrong-key", f"Basic {KEY}"], ids=["no-key", "wrong-key", "key-as-basic"])  # ids: the key stays out of test names
 def test_missing_or_wrong_key_is_a_401_openai_error(keyed_server, path, method, auth):
     headers = {"Authorization": auth} if auth else {}
     response = httpx.request(method, keyed_server.url + path, json={"model": "tiny-dev", "messages": CHAT}, headers=headers)
