@@ -108,8 +108,6 @@ class Hop:
     """One hop: how its server is made in front of the model service, and which of its processes it costs."""
 
     name: str
-    install: str | None  # the make target that installs its program
-    installed: t.Callable[[], bool]
     # (model service, logs folder) -> a server not started yet, on a free port; None for direct
     server: t.Callable[[ServerProcess, Path], ServerProcess] | None
     processes: t.Callable[[ServerProcess], list[psutil.Process]]
@@ -164,16 +162,20 @@ def nginx_server(service: ServerProcess, work: Path) -> ServerProcess:
 
 def hops(entry: Entry) -> dict[str, Hop]:
     return {
-        "direct": Hop("direct", None, lambda: True, None, lambda server: []),
-        "gateway": Hop("gateway", None, lambda: True, gateway_server(entry), gateway_workers),
-        "litellm": Hop("litellm", "make litellm-env", LITELLM.is_file, litellm_server(entry.served_model_name),
-                       process_and_children),
-        "nginx": Hop("nginx", "make nginx", lambda: nginx_program() is not None, nginx_server, process_and_children),
+        "direct": Hop("direct", None, lambda server: []),
+        "gateway": Hop("gateway", gateway_server(entry), gateway_workers),
+        "litellm": Hop("litellm", litellm_server(entry.served_model_name), process_and_children),
+        "nginx": Hop("nginx", nginx_server, process_and_children),
     }
 
 
-def refuse_missing(chosen: list[Hop]) -> None:
+def installs() -> dict[str, tuple[str, t.Callable[[], bool]]]:
+    """The hops whose program is installed apart from .venv: the make target that installs it, and whether it is there."""
+    return {"litellm": ("make litellm-env", LITELLM.is_file), "nginx": ("make nginx", lambda: nginx_program() is not None)}
+
+
+def refuse_missing(names: list[str]) -> None:
     """Stop before anything starts when a chosen hop's program is not installed."""
-    missing = [hop for hop in chosen if not hop.installed()]
+    missing = {name: target for name, (target, installed) in installs().items() if name in names and not installed()}
     if missing:
-        raise SystemExit("; ".join(f"--hops {hop.name}: not installed, `{hop.install}` installs it" for hop in missing))
+        raise SystemExit("; ".join(f"--hops {name}: not installed, `{target}` installs it" for name, target in missing.items()))

@@ -33,12 +33,12 @@ from scripts.bench.peers_stats import BASE, engine_counted_runs, summarize_peers
 from scripts.bench.report import plot
 from scripts.serving.process import ServerProcess, bento_server, free_port
 
-def chosen_hops(args: argparse.Namespace, all_hops: dict[str, Hop]) -> list[Hop]:
+def hop_names(args: argparse.Namespace) -> list[str]:
     """The hops of --hops, and direct first (every hop is compared with it); refused at once when a
     hop's program is missing."""
-    chosen = [all_hops[name] for name in dict.fromkeys([BASE, *args.hops])]
-    refuse_missing(chosen)
-    return chosen
+    names = list(dict.fromkeys([BASE, *args.hops]))
+    refuse_missing(names)
+    return names
 
 
 @contextlib.contextmanager
@@ -80,9 +80,9 @@ def measure(entry, chosen: list[Hop], args: argparse.Namespace, work: Path) -> l
 
 
 def run(args: argparse.Namespace) -> int:
+    names = hop_names(args)
     entry = bench_run.catalog_entry(args.model)
-    chosen = chosen_hops(args, hops(entry))
-    names = [hop.name for hop in chosen]
+    chosen = [hops(entry)[name] for name in names]
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     stem = args.out / f"{entry.name}-peers-{stamp}"
     work = Path(f"{stem}-logs")
