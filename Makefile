@@ -122,7 +122,7 @@ deploy: ## deploy to BentoCloud: make deploy MODEL=name API_KEY_SECRET=name|BENT
 secret: ## create a BentoCloud secret from $KEY or a prompt, never a command line: make secret NAME=vllm-api-key KEY=VLLM_API_KEY
 	@$(PY) -m scripts.serving.bento secret "$(NAME)" "$(KEY)" $(if $(DRY_RUN),--dry-run,)
 
-bench: ## Bento vs plain vLLM on the same weights, one server at a time: make bench [MODEL=tiny-dev] [BENCH_ARGS="--runs 5"]
+bench: ## Bento vs plain vLLM on the same weights, one server at a time: make bench [MODEL=tiny-dev] [BENCH_ARGS="--runs 5"]; --gateway, --peers (the gateway vs LiteLLM and nginx): docs/gateway.md
 	$(PY) -m scripts.bench --model $(or $(MODEL),tiny-dev) $(BENCH_ARGS)
 
 stack-cost: ## CPU per request of each BentoML layer in a generated service, without vLLM: make stack-cost [MODEL=tiny-dev]
