@@ -1,7 +1,8 @@
 """The statistics of `make bench`: ratios of two sides per pair of runs, their medians and spread.
 
-The sides are named by the mode: plain vLLM and the Bento (SIDES), or a model's service and
-the same service behind a gateway (bench_gateway.SIDES); each ratio is the second over the first.
+The sides are named by the mode: plain vLLM and the Bento (SIDES), a model's service and
+the same service behind a gateway (bench_gateway.SIDES), or `direct` and each hop in front of it
+(peers_stats); each ratio is the second over the first.
 
 Pure functions over the runs that `bench_run.measure_side` returns (or that earlier result
 files hold); nothing here starts a server or reads a clock.
