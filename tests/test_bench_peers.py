@@ -7,10 +7,13 @@ import http.server
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
+import time
 
+import psutil
 import pytest
 import yaml
 
@@ -20,7 +23,7 @@ from scripts.bench import client as bench_client
 from scripts.bench import hops as bench_hops
 from scripts.bench import peers as bench_peers
 from scripts.bench import peers_report, peers_stats, report
-from scripts.serving.process import bento_http_server
+from scripts.serving.process import ServerProcess, bento_http_server, end_all
 from test_bench import run_to_end
 
 NGINX_MISSING = "nginx is not installed: `make nginx` installs it"
@@ -71,6 +74,31 @@ def test_gateway_hop_is_bentoml_standalone_server_with_the_model_service_as_remo
     # The installed BentoML has that command, and its --depends option.
     done = subprocess.run([sys.executable, *server.command[1:4], "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "--depends" in done.stdout, done.stderr[-2000:]
+
+
+def process_tree(children: list[list[str]]) -> ServerProcess:
+    """A started ServerProcess stand-in: a Python process that runs these commands as its children."""
+    server = ServerProcess(["unused"], port=0, ready_path="/")
+    starter = "import json, subprocess, sys; [p.wait() for p in [subprocess.Popen(c) for c in json.loads(sys.argv[1])]]"
+    server.process = subprocess.Popen([sys.executable, "-c", starter, json.dumps(children)])
+    deadline = time.monotonic() + 30
+    while len(server.descendants()) < len(children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return server
+
+
+def test_gateway_hop_is_one_bentoml_worker_and_refused_when_its_server_started_an_engine(tmp_path):
+    engine = tmp_path / "VLLM::EngineCore"  # the name vLLM gives its engine process
+    shutil.copy("/bin/sleep", engine)
+    worker = [sys.executable, "-c", "import time; time.sleep(60)", "_bentoml_impl.worker.service"]
+    alone, with_engine = process_tree([worker]), process_tree([worker, [str(engine), "60"]])
+    try:
+        assert [p.pid for p in bench_hops.gateway_workers(alone)] == [alone.descendants()[0].pid]
+        with pytest.raises(RuntimeError, match=r"one worker and no engine; found 1 worker\(s\) and engine processes \[\d+\]"):
+            bench_hops.gateway_workers(with_engine)
+    finally:
+        for server in (alone, with_engine):
+            end_all([psutil.Process(server.process.pid), *server.descendants()], grace=5)
 
 
 def test_a_hop_whose_program_is_missing_is_refused_before_anything_starts(monkeypatch):

@@ -35,8 +35,13 @@ LITELLM = bench_run.ROOT / ".litellm-env" / "bin" / "litellm"
 LITELLM_ENV = {"LITELLM_LOG": "ERROR", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
 
 
+# A user's database for LiteLLM, which it would use: the hop runs without one.
+LITELLM_UNSET = ("DATABASE_URL", "DIRECT_URL")
+
+
 def nginx_program() -> str | None:
-    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).is_file()), None)
+    """nginx on PATH, or where Debian puts it (/usr/sbin is not on every user's PATH)."""
+    return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
 
 
 # --- configs ---------------------------------------------------------------------------------
@@ -121,8 +126,7 @@ def process_and_children(server: ServerProcess) -> list[psutil.Process]:
 def gateway_workers(server: ServerProcess) -> list[psutil.Process]:
     """The gateway's one BentoML worker; refused if the standalone server started anything else
     (a second model service, a vLLM engine) instead of using the running model service."""
-    family = server.descendants()
-    engines = [p for p in family if "vllm" in " ".join(p.cmdline()).lower() or p.name().startswith("VLLM")]
+    engines = [p for p in server.descendants() if p.name().startswith("VLLM")]  # VLLM::EngineCore, VLLM::Worker
     workers = bench_run.bento_workers(server)
     if engines or len(workers) != 1:
         raise RuntimeError(f"the gateway's standalone server should run one worker and no engine; found "
@@ -144,10 +148,12 @@ def litellm_server(model_name: str) -> t.Callable[[ServerProcess, Path], ServerP
         config = work / "litellm.yaml"
         config.write_text(litellm_config(model_name, service.url + "/v1"))
         port = free_port()
-        return ServerProcess([str(LITELLM), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
-                              "--num_workers", "1"],
-                             port=port, ready_path="/health/liveliness", env=LITELLM_ENV,
-                             log_path=work / "litellm.server.log")
+        server = ServerProcess([str(LITELLM), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
+                                "--num_workers", "1"],
+                               port=port, ready_path="/health/liveliness", env=LITELLM_ENV,
+                               log_path=work / "litellm.server.log")
+        server.env = {k: v for k, v in server.env.items() if k not in LITELLM_UNSET}
+        return server
     return make
 
 
