@@ -6,7 +6,7 @@ PORT ?= 3000
 MODELS := $(sort $(notdir $(wildcard models/*)))
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser podman base-image client-env lock generate check test test-quick tiny-model new verify-revisions serve demo build containerize deploy secret bench stack-cost profile
+.PHONY: help install browser podman nginx base-image client-env litellm-env lock generate check test test-quick tiny-model new verify-revisions serve demo build containerize deploy secret bench stack-cost profile
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -48,6 +48,11 @@ podman: ## install Debian's podman, runc and debootstrap and their containers.co
 		printf '[containers]\ndefault_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]\n\n[engine]\nruntime = "runc"\n' > $(CONTAINERS_CONF) && \
 		echo "wrote $(CONTAINERS_CONF)"; fi
 
+nginx: ## install Debian's nginx, a hop of `make bench BENCH_ARGS=--peers` (as root; else it says what to install)
+	@if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then echo "nginx is installed: $$(PATH=$$PATH:/usr/sbin nginx -v 2>&1)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then apt-get update -qq && apt-get install -y -qq nginx; \
+	else echo "The peers benchmark's nginx hop needs nginx: run 'apt-get install nginx' as root (Debian), or your system's nginx package." >&2; exit 1; fi
+
 BASE_IMAGE ?=
 base-image: ## build the containers' base image from Debian packages (debootstrap, no registry): localhost/llm-bentos-base:bookworm
 	@$(PY) -m scripts.serving.container base-image
@@ -58,6 +63,13 @@ client-env: ## a separate venv with instructor and langchain-openai (requirement
 	$(CLIENT_ENV)/bin/python -m pip install --progress-bar off -q --upgrade "pip==26.3"
 	$(CLIENT_ENV)/bin/python -m pip install --progress-bar off -q -r requirements-clients.txt
 	@$(CLIENT_ENV)/bin/python -c "import instructor, langchain_openai, openai; print('client-env: instructor', instructor.__version__, 'and openai', openai.__version__)"
+
+LITELLM_ENV := .litellm-env
+litellm-env: ## a separate venv with LiteLLM's proxy (requirements-litellm.txt), a hop of `make bench BENCH_ARGS=--peers`
+	$(PYTHON) -m venv $(LITELLM_ENV)
+	$(LITELLM_ENV)/bin/python -m pip install --progress-bar off -q --upgrade "pip==26.3"
+	$(LITELLM_ENV)/bin/python -m pip install --progress-bar off -q -r requirements-litellm.txt
+	@$(LITELLM_ENV)/bin/python -c "from importlib.metadata import version; print('litellm-env: litellm', version('litellm'))"
 
 lock: ## rewrite constraints.txt from .venv and constraints-gpu.txt resolved from the package registry
 	$(PY) -m scripts.lock
@@ -115,7 +127,7 @@ deploy: ## deploy to BentoCloud: make deploy MODEL=name API_KEY_SECRET=name|BENT
 secret: ## create a BentoCloud secret from $KEY or a prompt, never a command line: make secret NAME=vllm-api-key KEY=VLLM_API_KEY
 	@$(PY) -m scripts.serving.bento secret "$(NAME)" "$(KEY)" $(if $(DRY_RUN),--dry-run,)
 
-bench: ## Bento vs plain vLLM on the same weights, one server at a time: make bench [MODEL=tiny-dev] [BENCH_ARGS="--runs 5"]
+bench: ## Bento vs plain vLLM on the same weights, one server at a time: make bench [MODEL=tiny-dev] [BENCH_ARGS="--runs 5"]; --gateway, --peers (the gateway vs LiteLLM and nginx): docs/gateway.md
 	$(PY) -m scripts.bench --model $(or $(MODEL),tiny-dev) $(BENCH_ARGS)
 
 stack-cost: ## CPU per request of each BentoML layer in a generated service, without vLLM: make stack-cost [MODEL=tiny-dev]

@@ -3,6 +3,7 @@
     python -m scripts.bench [--model tiny-dev] [--runs 3] [--concurrency 1 8 32] [--num-prompts 64]
                             [--input-len 64] [--output-len 64] [--out bench/results]
     python -m scripts.bench --pool bench/results/A.json bench/results/B.json ...
+    python -m scripts.bench --peers [--hops direct gateway litellm nginx] ...   (scripts/bench/peers.py)
 
 Two sides, one server at a time (two engines on one machine distort each other), in the
 order vLLM, Bento, vLLM, Bento, ... for --runs pairs:
@@ -37,6 +38,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from scripts.bench.hops import HOPS  # noqa: E402
 from scripts.bench.report import plot, summary_table  # noqa: E402
 from scripts.bench.run import (  # noqa: E402
     ROOT, autogroup_enabled, autogroup_warning, catalog_entry, measure_pairs, plain_sides, served_weights, versions,
@@ -44,21 +46,30 @@ from scripts.bench.run import (  # noqa: E402
 )
 from scripts.bench.stats import SEED, pooled_runs, summarize  # noqa: E402
 
+PEERS_CONCURRENCY = [8, 32]
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny-dev", help="a folder of models/ (default: tiny-dev)")
     parser.add_argument("--runs", type=int, default=3, help="vLLM/Bento pairs of server starts (default: 3)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="(default: 1 8 32)")
+    parser.add_argument("--concurrency", type=int, nargs="+", help="(default: 1 8 32; with --peers 8 32)")
     parser.add_argument("--num-prompts", type=int, default=64, help="per concurrency, at least 2x it (default: 64)")
     parser.add_argument("--input-len", type=int, default=64, help="prompt tokens (default: 64)")
     parser.add_argument("--output-len", type=int, default=64, help="generated tokens, EOS ignored (default: 64)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="(default: bench/results)")
     parser.add_argument("--gateway", action="store_true",
                         help="measure the model's service alone against it behind a gateway (scripts/bench/gateway.py)")
+    parser.add_argument("--peers", action="store_true",
+                        help="measure hops in front of one running model service: none, the gateway, LiteLLM's proxy, "
+                             "nginx (scripts/bench/peers.py)")
+    parser.add_argument("--hops", nargs="+", choices=HOPS, default=list(HOPS),
+                        help=f"with --peers: which (default: {' '.join(HOPS)}; direct always)")
     parser.add_argument("--pool", type=Path, nargs="+", metavar="RESULT_JSON",
                         help="measure nothing: summarize the pairs of these earlier result files together")
     args = parser.parse_args(argv)
+    if args.concurrency is None:
+        args.concurrency = PEERS_CONCURRENCY if args.peers else [1, 8, 32]
     if args.runs < 1 or min(args.concurrency) < 1 or args.num_prompts < 1:
         parser.error("--runs, --concurrency and --num-prompts must be positive")
     return args
@@ -103,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         from scripts.bench import gateway as bench_gateway
 
         return bench_gateway.run(args)
+    if args.peers:
+        from scripts.bench import peers as bench_peers
+
+        return bench_peers.run(args)
     record = measure(args)
     stem = args.out / f"{record['model']}-{record['created_utc']}"
     json_path = Path(f"{stem}.json")

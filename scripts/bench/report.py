@@ -10,9 +10,13 @@ from pathlib import Path
 from scripts.bench.stats import METRICS, SIDES, pairs, ratios_key, spread
 
 # How each side is named in the table.
-LABELS = {"vllm": "vLLM", "bento": "Bento", "service": "service", "gateway": "gateway"}
+LABELS = {"vllm": "vLLM", "bento": "Bento", "service": "service", "gateway": "gateway", "direct": "direct",
+          "litellm": "LiteLLM", "nginx": "nginx"}
 # ... and in the plot's legend.
-PLOT_LABELS = {"vllm": "plain vLLM", "bento": "Bento", "service": "the model's service alone", "gateway": "through a gateway"}
+PLOT_LABELS = {"vllm": "plain vLLM", "bento": "Bento", "service": "the model's service alone", "gateway": "through a gateway",
+               "direct": "no hop", "litellm": "through LiteLLM's proxy", "nginx": "through nginx"}
+# The plot's panels: a metric of the results and its title.
+PANELS = (("output_throughput", "output tokens/s"), ("median_ttft_ms", "TTFT p50 (ms)"))
 
 
 def fmt(s: dict, form: str) -> str:
@@ -62,8 +66,10 @@ def summary_table(summary: dict, model: str, sides: tuple[str, str] = SIDES) -> 
     return "\n".join(lines)
 
 
-def plot(runs: list[dict], concurrencies: list[int], path: Path, model: str, sides: tuple[str, str] = SIDES) -> Path | None:
-    """Output throughput and TTFT p50 against concurrency, both sides: medians with min-max bars."""
+def plot(runs: list[dict], concurrencies: list[int], path: Path, model: str, sides: tuple[str, ...] = SIDES,
+         panels: tuple[tuple[str, str], ...] = PANELS) -> Path | None:
+    """Each panel's metric against concurrency, every side: medians with min-max bars (a side whose
+    results lack a panel's metric is left out of that panel)."""
     try:
         import matplotlib
     except ImportError:
@@ -72,10 +78,13 @@ def plot(runs: list[dict], concurrencies: list[int], path: Path, model: str, sid
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, metric, title in zip(axes, ("output_throughput", "median_ttft_ms"), ("output tokens/s", "TTFT p50 (ms)")):
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
+    for ax, (metric, title) in zip(axes, panels):
         for side in sides:
-            stats = [spread([r["results"][str(c)][metric] for r in runs if r["side"] == side]) for c in concurrencies]
+            own = [r for r in runs if r["side"] == side]
+            if not all(metric in r["results"][str(c)] for r in own for c in concurrencies):
+                continue
+            stats = [spread([r["results"][str(c)][metric] for r in own]) for c in concurrencies]
             medians = [s["median"] for s in stats]
             bars = [[s["median"] - s["min"] for s in stats], [s["max"] - s["median"] for s in stats]]
             ax.errorbar(concurrencies, medians, yerr=bars, marker="o", capsize=4, label=PLOT_LABELS[side])
@@ -85,8 +94,9 @@ def plot(runs: list[dict], concurrencies: list[int], path: Path, model: str, sid
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend()
-    base, other = (PLOT_LABELS[side] for side in sides)
-    fig.suptitle(f"{model}: {other} vs {base} (median, min–max over {len(pairs(runs, sides))} pair(s) of runs)")
+    labels = [PLOT_LABELS[side] for side in sides]
+    compared = " vs ".join(reversed(labels)) if len(sides) == 2 else ", ".join(labels)
+    fig.suptitle(f"{model}: {compared} (median, min–max over {len(pairs(runs, sides[:2]))} pair(s) of runs)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

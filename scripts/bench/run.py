@@ -189,13 +189,14 @@ def client_flags(server: ServerProcess, model_name: str, tokenizer: str, concurr
     ]
 
 
-def run_benchmark_client(flags: list[str], warmups: int, serving_pids: list[int], result_path: Path) -> dict:
+def run_benchmark_client(flags: list[str], warmups: int, serving_pids: list[int], result_path: Path,
+                         metrics_url: str | None = None) -> dict:
     """client.py in a child process; its result with the server's counters over the
-    measured requests (warm-ups excluded)."""
+    measured requests (warm-ups excluded), vLLM's read from `metrics_url` (default: the target's)."""
     log_path = result_path.with_suffix(".log")
     counters_path = result_path.with_suffix(".server.json")
     command = [sys.executable, "-m", CLIENT_MODULE, "--warmups", str(warmups), "--serving-pid", *map(str, serving_pids),
-               "--counters-out", str(counters_path), "--", *flags]
+               *(["--metrics-url", metrics_url] if metrics_url else []), "--counters-out", str(counters_path), "--", *flags]
     with log_path.open("wb") as log:
         done = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     if done.returncode != 0 or not result_path.is_file() or not counters_path.is_file():
@@ -216,6 +217,8 @@ def with_server_counters(result: dict, counters: dict) -> dict:
     service's process) gets no TTFT outside the engine, and the summary leaves that row out."""
     result["server_cpu_s"] = counters["server_cpu_s"]
     result["engine_ttft_requests"] = int(counters["engine_ttft_count"])
+    if "engine_generation_tokens" in counters:  # from a client.py that reads it
+        result["engine_output_tokens"] = int(counters["engine_generation_tokens"])
     if not result["engine_ttft_requests"]:
         return result
     engine_mean_ms = 1000 * counters["engine_ttft_sum_s"] / result["engine_ttft_requests"]
@@ -233,16 +236,25 @@ def measure_side(side: Side, pair: int, model_name: str, tokenizer: str, args: a
         print(f"{label} cold start {cold_start:.1f}s (process start to first completion; ready at {ready_s:.1f}s)",
               flush=True)
         serving_pids = [p.pid for p in side.serving_processes(server)]
-        results = {}
-        for c in args.concurrency:
-            result_path = work / f"{side.name}-{pair}-c{c}.json"
-            flags = client_flags(server, model_name, tokenizer, c, args, result_path)
-            # One warm-up request per concurrent slot, outside the measured counters.
-            results[str(c)] = result = run_benchmark_client(flags, c, serving_pids, result_path)
-            print(f"{label} concurrency {c:3}: {key_numbers(result)}", flush=True)
+        results = measure_concurrencies(server, serving_pids, f"{side.name}-{pair}", label, model_name, tokenizer, args,
+                                        work)
     print(f"{label} stopped", flush=True)
     return {"side": side.name, "pair": pair, "cold_start_s": cold_start, "ready_s": ready_s, "serving_processes": len(serving_pids),
             "results": results}
+
+
+def measure_concurrencies(server: ServerProcess, serving_pids: list[int], stem: str, label: str, model_name: str,
+                          tokenizer: str, args: argparse.Namespace, work: Path, metrics_url: str | None = None) -> dict:
+    """vLLM's benchmark against a ready server at each --concurrency; the results by concurrency,
+    saved as work/<stem>-c<concurrency>.json."""
+    results = {}
+    for c in args.concurrency:
+        result_path = work / f"{stem}-c{c}.json"
+        flags = client_flags(server, model_name, tokenizer, c, args, result_path)
+        # One warm-up request per concurrent slot, outside the measured counters.
+        results[str(c)] = result = run_benchmark_client(flags, c, serving_pids, result_path, metrics_url)
+        print(f"{label} concurrency {c:3}: {key_numbers(result)}", flush=True)
+    return results
 
 
 def measure_pairs(sides: list[Side], model_name: str, tokenizer: str, args: argparse.Namespace, work: Path) -> list[dict]:

@@ -1,7 +1,8 @@
 """The statistics of `make bench`: ratios of two sides per pair of runs, their medians and spread.
 
-The sides are named by the mode: plain vLLM and the Bento (SIDES), or a model's service and
-the same service behind a gateway (bench_gateway.SIDES); each ratio is the second over the first.
+The sides are named by the mode: plain vLLM and the Bento (SIDES), a model's service and
+the same service behind a gateway (bench_gateway.SIDES), or `direct` and each hop in front of it
+(peers_stats); each ratio is the second over the first.
 
 Pure functions over the runs that `bench_run.measure_side` returns (or that earlier result
 files hold); nothing here starts a server or reads a clock.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import random
 import statistics
+import typing as t
 from pathlib import Path
 
 SIDES = ("vllm", "bento")  # measured in this order within each pair: the base, then the other
@@ -66,15 +68,19 @@ def ratios_key(sides: tuple[str, str] = SIDES) -> str:
     return f"ratios_{sides[1]}_over_{sides[0]}"
 
 
-def summarize(runs: list[dict], concurrencies: list[int], sides: tuple[str, str] = SIDES) -> dict:
-    """The second side over the first (Bento / vLLM) per pair, then median and min-max over the pairs."""
+def summarize(runs: list[dict], concurrencies: list[int], sides: tuple[str, str] = SIDES,
+              metrics: t.Iterable[str] = METRICS) -> dict:
+    """The second side over the first (Bento / vLLM) per pair, then median and min-max over the pairs.
+    Runs without a cold start (the peers mode's hops, started in front of a running service) get
+    no cold-start rows."""
     both = pairs(runs, sides)
     per_concurrency = {}
     for c in map(str, concurrencies):
-        row = {m: spread([ratio(b["results"][c][m], v["results"][c][m]) for v, b in both]) for m in METRICS}
+        row = {m: spread([ratio(b["results"][c][m], v["results"][c][m]) for v, b in both]) for m in metrics}
         row["ttft_p50_delta_ms"] = spread([b["results"][c]["median_ttft_ms"] - v["results"][c]["median_ttft_ms"]
                                            for v, b in both])
-        row["output_throughput"]["interval90"] = median_interval(row["output_throughput"]["values"])
+        if "output_throughput" in row:
+            row["output_throughput"]["interval90"] = median_interval(row["output_throughput"]["values"])
         if all("ttft_outside_engine_ms" in r["results"][c] for r in runs):  # not in results of older versions
             row["ttft_outside_engine_delta_ms"] = spread([
                 b["results"][c]["ttft_outside_engine_ms"] - v["results"][c]["ttft_outside_engine_ms"] for v, b in both])
@@ -84,8 +90,9 @@ def summarize(runs: list[dict], concurrencies: list[int], sides: tuple[str, str]
     return {
         "pairs": len(both),
         ratios_key(sides): per_concurrency,
-        "cold_start_ratio": spread([ratio(b["cold_start_s"], v["cold_start_s"]) for v, b in both]),
-        "cold_start_s": {side: spread([r["cold_start_s"] for r in runs if r["side"] == side]) for side in sides},
+        **({"cold_start_ratio": spread([ratio(b["cold_start_s"], v["cold_start_s"]) for v, b in both]),
+            "cold_start_s": {side: spread([r["cold_start_s"] for r in runs if r["side"] == side]) for side in sides}}
+           if all("cold_start_s" in r for r in runs) else {}),
         **({"ready_ratio": spread([ratio(b["ready_s"], v["ready_s"]) for v, b in both]),
             "ready_s": {side: spread([r["ready_s"] for r in runs if r["side"] == side]) for side in sides}}
            if all("ready_s" in r for r in runs) else {}),  # not in results of older versions

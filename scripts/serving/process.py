@@ -174,3 +174,19 @@ def vllm_server(argv: list[str], port: int, env: dict[str, str] | None = None, l
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *argv, "--port", str(port), "--host", "127.0.0.1"],
         port=port, ready_path="/health", env=env, log_path=log_path,
     )
+
+
+def bento_http_server(folder: Path, port: int, depends: dict[str, str], env: dict[str, str] | None = None,
+                      log_path: Path | None = None) -> ServerProcess:
+    """One service of a folder alone, its dependencies reached at the given URLs (service name -> URL),
+    as BentoCloud runs each service of a distributed deployment: BentoML's standalone HTTP server,
+    `python -m bentoml_cli._internal.start start-http-server` (what the image's entrypoint runs for
+    `start-http-server`; BentoML 1.4.39's `bentoml` command has no such subcommand). A dependency
+    named in `depends` is not started."""
+    refuse_when_no_servers(f"BentoML's standalone server of {folder}")
+    flags = [flag for name, url in depends.items() for flag in ("--depends", f"{name}={url}")]
+    return ServerProcess(
+        [sys.executable, "-m", "bentoml_cli._internal.start", "start-http-server", str(folder), *flags,
+         "--host", "127.0.0.1", "--port", str(port)],
+        port=port, ready_path="/readyz", cwd=folder, env=env, log_path=log_path,
+    )
