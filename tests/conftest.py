@@ -29,7 +29,7 @@ from scripts.serving.process import ServerProcess, bento_server, end_all, free_p
 # longest (measured with --durations): they go first, so that no worker is left with one of them
 # at the end while the others have finished; every other module keeps its place after them.
 LONGEST_FIRST = ("test_container", "test_serve_failures", "test_gateway", "test_serve_hub", "test_gateway_failure",
-                 "test_serve_auth_chat", "test_bench", "test_new_model", "test_locks", "test_serve_embed",
+                 "test_serve_auth_chat", "test_bench", "test_bench_peers", "test_new_model", "test_locks", "test_serve_embed",
                  "test_serve_hf", "test_serve_openai", "test_bento")
 
 
