@@ -28,13 +28,13 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from scripts import generate
+from scripts.catalog import CatalogError, load_catalog, load_gateways
+from scripts.gpus import GPU_MEMORY_GB, Fit, engine_quantization, gpu_fit, gpu_problem, smallest_fit
+from scripts.model_facts import ModelError, ModelFacts, ModelFiles, fetch, read_facts
+from scripts.parsers import family_of
 
-from scripts import generate  # noqa: E402
-from scripts.catalog import CatalogError, load_catalog, load_gateways  # noqa: E402
-from scripts.gpus import GPU_MEMORY_GB, Fit, engine_quantization, gpu_fit, gpu_problem, smallest_fit  # noqa: E402
-from scripts.model_facts import ModelError, ModelFacts, ModelFiles, fetch, read_facts  # noqa: E402
-from scripts.parsers import family_of  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_MAX_MODEL_LEN = 16384
 CPU_RESOURCES = {"cpu": 4}

@@ -14,9 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from scripts.catalog import CatalogError, Entry, load_catalog
 
-from scripts.catalog import CatalogError, Entry, load_catalog  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class HubUnreachable(Exception):

@@ -14,6 +14,7 @@ import os
 import re
 import socket
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -34,7 +35,9 @@ HIDDEN_SIZE = 256  # scripts/tiny/llama.py
 
 @pytest.fixture(scope="module")
 def gateway(bentoml_home):
-    env = {"BENTOML_HOME": bentoml_home, "VLLM_API_KEY": KEY, **SMALL_KV_CACHE_ENV}
+    # VLLM_ALLOW_RUNTIME_LORA_UPDATING: vLLM's /v1/load_lora_adapter and /v1/unload_lora_adapter, as a
+    # user who loads adapters at run time sets it in the model services' environment.
+    env = {"BENTOML_HOME": bentoml_home, "VLLM_API_KEY": KEY, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", **SMALL_KV_CACHE_ENV}
     with serve_folder(ROOT / "models" / "tiny-gateway", "tiny-gateway", env=env, timeout=900) as server:
         yield server
     assert KEY not in server.log_path.read_text(errors="replace"), "the key must never be logged"
@@ -234,6 +237,34 @@ def test_metrics_count_requests_per_model(gateway, client):
     assert count("tiny-embed") - before["tiny-embed"] == 1
 
 
+def test_lora_adapters_loaded_at_run_time_are_routed_and_unloaded_ones_forgotten(gateway, client, services, bentoml_home):
+    """vLLM's own LoRA routes, served for real: tiny-lora's files loaded again under two new names,
+    one through the gateway (`model` names the base model it goes beside), one at tiny-think's
+    service itself, which the gateway has not seen. Each is routed on its first request and answers
+    as tiny-lora does; each is forgotten once unloaded, through the gateway or at the service."""
+    files = str(Path(bentoml_home) / "models" / "llm-bentos-tiny-lora" / "v1")
+    expected = greedy(client, "tiny-lora").choices[0].logprobs.tokens
+    loaded = httpx.post(f"{gateway.url}/v1/load_lora_adapter", headers=AUTH,
+                        json={"model": "tiny-think", "lora_name": "live-gateway", "lora_path": files})
+    assert loaded.status_code == 200, loaded.text
+    loaded = services["tiny-think"].post("/v1/load_lora_adapter", json={"lora_name": "live-service", "lora_path": files})
+    assert loaded.status_code == 200, loaded.text
+    for name in ("live-gateway", "live-service"):
+        reply = greedy(client, name)
+        assert reply.model == name and reply.choices[0].logprobs.tokens == expected
+    assert {"live-gateway", "live-service"} <= {m.id for m in client.models.list()}
+
+    unloaded = httpx.post(f"{gateway.url}/v1/unload_lora_adapter", json={"lora_name": "live-gateway"}, headers=AUTH)
+    assert unloaded.status_code == 200, unloaded.text
+    assert services["tiny-think"].post("/v1/unload_lora_adapter", json={"lora_name": "live-service"}).status_code == 200
+    for name in ("live-gateway", "live-service"):
+        with pytest.raises(openai.NotFoundError):
+            greedy(client, name)
+    listed = {m.id for m in client.models.list()}
+    assert listed == set(ALL_MODELS), listed
+    assert greedy(client, "tiny-lora").choices[0].logprobs.tokens == expected
+
+
 @pytest.mark.parametrize("path,method", [("/v1/models", "GET"), ("/v1/chat/completions", "POST"), ("/v1/embeddings", "POST")])
 def test_missing_or_wrong_key_is_a_401(gateway, path, method):
     for headers in ({}, {"Authorization": "Bearer wrong"}):
@@ -269,17 +300,22 @@ def streamed_reply(client: openai.OpenAI, model: str, messages: list[dict], max_
 
 def test_chat_page_model_picker_sends_to_the_picked_model(gateway, client, browser):
     """The page lists every model of the gateway; after a pick, its chat goes to that model and shows
-    that model's reply (tiny-lora reasons and its adapter changes the tokens; tiny-dev only answers)."""
+    that model's reply (tiny-lora reasons and its adapter changes the tokens; tiny-dev only answers).
+
+    Six tokens of tiny-lora: its greedy reply holds a stray <think> as its 8th token, and vLLM's streaming
+    reasoning parser splits the text around a <think> inside the reasoning by how the tokens were
+    grouped into chunks, which timing decides; before it, the parts do not depend on the chunks.
+    tiny-dev (no reasoning parser) gets 12, as its first six tokens print nothing."""
     shown = {}
-    for model in ("tiny-lora", "tiny-dev"):
+    for model, max_tokens in (("tiny-lora", 6), ("tiny-dev", 12)):
         page, sent = new_chat(browser, gateway.url, ALL_MODELS[0], KEY, temperature=0, ignore_eos=True)
         assert page.eval_on_selector_all("#model option", "els => els.map(e => e.value)") == ALL_MODELS
         page.select_option("#model", model)
-        send(page, "Tell me a story about a robot.", max_tokens=12)
+        send(page, "Tell me a story about a robot.", max_tokens=max_tokens)
         assert page.inner_text("#error") == ""
         assert [body["model"] for body in sent] == [model]
         shown[model] = page_reply(page)
-        assert shown[model] == streamed_reply(client, model, sent[0]["messages"], max_tokens=12)
+        assert shown[model] == streamed_reply(client, model, sent[0]["messages"], max_tokens=max_tokens)
         page.close()
     assert shown["tiny-lora"]["reasoning"] and not shown["tiny-dev"]["reasoning"] and shown["tiny-dev"]["content"]
 

@@ -38,13 +38,13 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from scripts.bench.hops import HOPS  # noqa: E402
-from scripts.bench.report import plot, summary_table  # noqa: E402
-from scripts.bench.run import (  # noqa: E402
+from scripts.bench.hops import HOPS
+from scripts.bench.report import plot, summary_table
+from scripts.bench.run import (
     ROOT, autogroup_enabled, autogroup_warning, catalog_entry, measure_pairs, plain_sides, served_weights, versions,
     vllm_command_line,
 )
-from scripts.bench.stats import SEED, pooled_runs, summarize  # noqa: E402
+from scripts.bench.stats import SEED, pooled_runs, summarize
 
 PEERS_CONCURRENCY = [8, 32]
 

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parents[2]
+from scripts.bench.report import key_numbers
+from scripts.bench.stats import SEED, stalled_streams
+from scripts.catalog import Entry, ModelSource, entry_engine_config, load_catalog
+from scripts.serving.process import ServerProcess, bento_server, free_port, vllm_server
+from scripts.templates import template_module
 
-from scripts.bench.report import key_numbers  # noqa: E402
-from scripts.bench.stats import SEED, stalled_streams  # noqa: E402
-from scripts.catalog import Entry, ModelSource, entry_engine_config, load_catalog  # noqa: E402
-from scripts.serving.process import ServerProcess, bento_server, free_port, vllm_server  # noqa: E402
-from scripts.templates import template_module  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 engine_argv = template_module("vllm_openai").engine_argv
 

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parents[2]
+from scripts.bench.run import one_bento_worker
+from scripts.serving.process import ServerProcess, bento_server, free_port
 
-from scripts.bench.run import one_bento_worker  # noqa: E402
-from scripts.serving.process import ServerProcess, bento_server, free_port  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 EVENTS_PER_REQUEST = 64
 STREAM_APP = f'''"""An ASGI app that streams ready-made server-sent events, one every 2 ms."""

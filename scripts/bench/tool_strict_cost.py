@@ -26,9 +26,8 @@ from pathlib import Path
 import httpx
 import jsonschema
 
-
-from scripts.bench.run import ROOT, SERVER_ENV, catalog_entry, vllm_command_line  # noqa: E402
-from scripts.serving.process import free_port, vllm_server  # noqa: E402
+from scripts.bench.run import ROOT, SERVER_ENV, catalog_entry, vllm_command_line
+from scripts.serving.process import free_port, vllm_server
 
 # A tool as the two clients send it: no "strict", a closed schema (only the server can fail it).
 TOOL = {

@@ -411,12 +411,13 @@ class Router:
             message = f"The model `{model}` does not exist. Valid aliases: {', '.join(self.routes)}."
             await send_json(send, 404, openai_error(404, message, "NotFoundError", "model"))
             return
-        status = await self._forward(upstream, scope, receive, send, body, model)
-        if (lora_change and status == 200) or status == 404:  # a 404: say, an adapter unloaded at the service
-            await self.refresh()
+        await self._forward(upstream, scope, receive, send, body, model, lora_change)
 
-    async def _forward(self, upstream: Upstream, scope, receive, send, body: bytes, model: str) -> int | None:
-        """Send the request to the model service and pass its reply on as it arrives; the reply's status."""
+    async def _forward(self, upstream: Upstream, scope, receive, send, body: bytes, model: str, lora_change: bool) -> None:
+        """Send the request to the model service and pass its reply on as it arrives.
+
+        After a LoRA load or unload it passed on, or a 404 (say, an adapter unloaded at the service),
+        it lists the models again before the reply ends: a client that lists them next sees the change."""
         method = scope["method"]
         target = quote(scope["path"]) + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
         headers = [(k, v) for k, v in scope["headers"] if k not in NOT_FORWARDED]
@@ -434,7 +435,7 @@ class Router:
             except UpstreamError as exc:
                 self.counts.add(model, 502)
                 await send_json(send, 502, openai_error(502, f"The service of `{model}` did not answer: {exc}", "BadGatewayError"))
-                return 502
+                return
             self.counts.add(model, connection.status)
             returned = [(k, v) for k, v in connection.headers if k not in NOT_RETURNED]
             await send({"type": "http.response.start", "status": connection.status, "headers": returned})
@@ -443,13 +444,15 @@ class Router:
                     data, done = await connection.read()
                 except UpstreamError as exc:
                     await self._broke_off(model, connection, send, exc)
-                    return connection.status
+                    return
                 if done:
+                    if (lora_change and connection.status == 200) or connection.status == 404:
+                        await self.refresh()
                     await send({"type": "http.response.body", "body": data})
-                    return connection.status
+                    return
                 await send({"type": "http.response.body", "body": data, "more_body": True})
         except ClientGone:
-            return None
+            return
         finally:
             gone.cancel()
             for connection in used:
