@@ -132,7 +132,9 @@ def run_until_exit(server: ServerProcess, timeout: float, each_poll: t.Callable[
     """Start `server` and wait until it exits by itself, calling `each_poll()` meanwhile. Every
     process seen below it must be gone within `grace` seconds of its exit (as orphans they are
     out of reach of the server's own stop)."""
-    seen: dict[int, tuple[psutil.Process, str]] = {}
+    seen: dict[int, tuple[psutil.Process, str]] = {}  # each process with its latest non-empty command line
+    commands: list[str] = []  # every non-empty command line seen: a fork shows its parent's until it execs,
+    # a zombie shows none, and vLLM renames some processes later
 
     def alive() -> list[psutil.Process]:
         return [p for p, _ in seen.values() if still_running(p)]
@@ -140,8 +142,13 @@ def run_until_exit(server: ServerProcess, timeout: float, each_poll: t.Callable[
     with server:
         deadline = time.monotonic() + timeout
         while server.process.poll() is None and time.monotonic() < deadline:
-            for pid, found in command_lines(server.descendants()).items():
-                seen.setdefault(pid, found)  # the command it started with (vLLM renames some processes later)
+            for pid, (process, command) in command_lines(server.descendants()).items():
+                if command:
+                    seen[pid] = process, command
+                    if command not in commands:
+                        commands.append(command)
+                else:
+                    seen.setdefault(pid, (process, command))
             each_poll()
             time.sleep(0.1)
         code, ended_at = server.process.poll(), time.monotonic()
@@ -153,7 +160,7 @@ def run_until_exit(server: ServerProcess, timeout: float, each_poll: t.Callable[
     left = alive() if code is None else left  # at the timeout it was stopped: all must be gone now
     end_all(left, grace=5)
     assert not left, f"processes left behind: {[cmd for p, cmd in seen.values() if p in left]}"
-    return Exit(code, ended_at, server.log_path.read_text(errors="replace"), [cmd for _, cmd in seen.values()])
+    return Exit(code, ended_at, server.log_path.read_text(errors="replace"), commands)
 
 
 def command_lines(processes: list[psutil.Process]) -> dict[int, tuple[psutil.Process, str]]:
