@@ -133,5 +133,5 @@ bench: ## Bento vs plain vLLM on the same weights, one server at a time: make be
 stack-cost: ## CPU per request of each BentoML layer in a generated service, without vLLM: make stack-cost [MODEL=tiny-dev]
 	$(PY) -m scripts.bench.stack_cost --model $(or $(MODEL),tiny-dev)
 
-profile: ## py-spy on one side's serving process under the benchmark's load (needs py-spy): make profile SIDE=bento|vllm [MODEL=tiny-dev] [PROFILE_ARGS="--concurrency 32"]
+profile: ## py-spy on one side's serving process under the benchmark's load (needs py-spy): make profile SIDE=bento|vllm|gateway [MODEL=tiny-dev] [PROFILE_ARGS="--concurrency 32"]
 	$(PY) -m scripts.bench.profile --side $(or $(SIDE),bento) --model $(or $(MODEL),tiny-dev) $(PROFILE_ARGS)

@@ -111,10 +111,29 @@ def test_a_missing_py_spy_says_what_to_install(monkeypatch):
         profile.py_spy_binary()
 
 
-def test_side_or_compare_is_required():
+def test_one_of_side_compare_and_show_is_required():
     with pytest.raises(SystemExit):
         profile.parse_args([])
+    with pytest.raises(SystemExit):
+        profile.parse_args(["--side", "gateway", "--show", "a.txt"])
     assert profile.parse_args(["--side", "bento"]).concurrency == 8
+    assert profile.parse_args(["--side", "gateway"]).side == "gateway"
+
+
+def test_show_gives_one_sides_shares_and_its_functions_by_own_samples_per_token(runs):
+    text = profile.show([runs[0]], top=2)
+    assert "70 busy samples of 870, 2000 output tokens" in text
+    assert "| vllm | 42.9% | 15.0 |" in text  # 30 of 70 busy samples; 35 per 1k tokens in all
+    assert "| all | 100% | 35.0 |" in text
+    # Own samples: generate (30) first, then the loop's _run_once (20); inclusive beside them.
+    rows = [line for line in text.splitlines() if ".py) |" in line]
+    assert rows == ["| generate (vllm/entrypoints/openai/serving.py) | 15.00 | 42.9% | 15.00 |",
+                    "| _run_once (asyncio/base_events.py) | 10.00 | 28.6% | 10.00 |"]
+
+
+def test_the_gateways_router_counts_as_the_projects_templates():
+    assert profile.frame_package("_forward (/tmp/p.gateway/bench-gateway/gateway.py:300)")
+    assert profile.frame_package("_forward (/srv/models/my-gateway/gateway.py:300)") == "templates" == "templates"
 
 
 def test_several_runs_of_a_side_are_pooled(runs):

@@ -1,8 +1,9 @@
 """Where a side's serving process spends its CPU under load: py-spy while `make bench`'s load runs.
 
-    python -m scripts.bench.profile --side bento|vllm [--model tiny-dev] [--concurrency 8]
+    python -m scripts.bench.profile --side bento|vllm|gateway [--model tiny-dev] [--concurrency 8]
                                     [--num-prompts 256] [--out bench/results]
     python -m scripts.bench.profile --compare A.txt[,A2.txt ...] B.txt[,B2.txt ...] [--top 25]
+    python -m scripts.bench.profile --show A.txt[,A2.txt ...] [--top 25]
 
 The first form starts one side's server as `make bench` does (run.py's `plain_sides`), waits
 for the first completion, then records the serving process (the BentoML worker that holds
@@ -12,13 +13,18 @@ SIGINT afterwards. It writes <out>/profile-<side>-c<N>-<UTC time>.txt (collapsed
 line per stack, root first, then its sample count), the benchmark's result beside it (.json:
 the compare mode reads its completed output tokens), the facts of the serving and
 engine-core processes (.procs.json: environment, CPU affinity, threads) and every thread's
-stack before the load (.threads.txt, `py-spy dump`).
+stack before the load (.threads.txt, `py-spy dump`). `--side gateway` records the gateway
+instead: the model's service starts (`bentoml serve models/<model>`), the peers benchmark's
+gateway hop (scripts/bench/hops.py: the gateway of that one model under BentoML's standalone
+server) starts in front of it, and the load goes through the gateway, whose one BentoML worker
+is recorded: where a hop's CPU per token goes.
 
 The second form prints, for two such files, the share of samples by top-level package (of
 each sample's innermost frame), the same by layer (the innermost frame outside the
 utilities, UTILITY_PACKAGES: whose work it was) and the functions whose inclusive samples per output token
 differ most (A minus B); several runs of a side, comma-separated, are pooled (samples and
-tokens summed). Without --idle py-spy leaves out threads it sees waiting, but here it
+tokens summed). The third prints one side's shares the same way and its functions with the
+most samples per output token, by their own (innermost-frame) samples and inclusive. Without --idle py-spy leaves out threads it sees waiting, but here it
 still samples threads blocked in a queue, a condition or the event loop's poll (measured: 85% of
 plain vLLM's samples); `busy` drops samples whose innermost frame is one of IDLE_FRAMES, so what
 is compared is CPU time (and time runnable, waiting for a core, on a busy machine). uvloop's
@@ -28,6 +34,7 @@ loop is native: its poll and its own native work both show as `Runner.run`, and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import signal
@@ -35,20 +42,26 @@ import subprocess
 import sys
 import typing as t
 from collections import Counter
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
+import psutil
+
+from scripts.bench.gateway import BENCH_GATEWAY
+from scripts.bench.hops import hops
 from scripts.bench.run import (
-    ROOT, Side, catalog_entry, client_flags, first_completion, plain_sides, run_benchmark_client, served_weights,
-    vllm_command_line,
+    ROOT, SERVER_ENV, Side, catalog_entry, client_flags, first_completion, plain_sides, run_benchmark_client,
+    served_weights, vllm_command_line,
 )
+from scripts.serving.process import ServerProcess, bento_server, free_port
 
 PY_SPY_RATE = 200
 PY_SPY_INSTALL = "pip install py-spy  (the version in constraints.txt; requirements-dev.txt lists it)"
 # Top-level packages reported on their own; our templates are copied beside service.py.
 PACKAGES = ("vllm", "bentoml", "_bentoml_impl", "_bentoml_sdk", "starlette", "fastapi", "uvicorn", "asyncio",
             "pydantic", "prometheus_client", "opentelemetry", "anyio", "logging", "zmq")
-TEMPLATES = ("patches", "vllm_openai", "web", "supervisor", "service")
+TEMPLATES = ("patches", "vllm_openai", "web", "supervisor", "service", "gateway")
 # Packages that do work on behalf of their caller: a sample in them counts for the nearest caller outside them.
 UTILITY_PACKAGES = ("prometheus_client", "asyncio", "logging", "anyio", "pydantic", "other")
 ENGINE_CORE_NAME = "EngineCore"
@@ -159,24 +172,42 @@ def recorded_load(pid: int, flags: list[str], stacks: Path, result_path: Path) -
     return result
 
 
+@contextlib.contextmanager
+def side_under_load(side: str, entry, argv: list[str], stem: Path) -> Iterator[tuple[ServerProcess, psutil.Process]]:
+    """The server the load goes to, ready and warmed with one completion, and its process to record:
+    a side of `make bench`, or the gateway hop in front of the model's running service."""
+    if side != "gateway":
+        chosen = chosen_side(entry, argv, side)
+        with chosen.server(Path(f"{stem}.server.log")) as server:
+            first_completion(server, entry.served_model_name)
+            (serving,) = chosen.serving_processes(server)
+            yield server, serving
+        return
+    gateway_hop = hops(entry)["gateway"]
+    with bento_server(ROOT / "models" / entry.name, free_port(), env=SERVER_ENV,
+                      log_path=Path(f"{stem}.model-service.server.log")) as service:
+        first_completion(service, entry.served_model_name)
+        with gateway_hop.server(service, Path(f"{stem}.gateway")) as gateway:
+            first_completion(gateway, entry.served_model_name)
+            (serving,) = gateway_hop.processes(gateway)
+            yield gateway, serving
+
+
 def profile_side(args: argparse.Namespace) -> Path:
     """Start the side's server, record its serving process during the load; the stacks' path."""
     py_spy_binary()  # before minutes of server start
     entry = catalog_entry(args.model)
     argv = vllm_command_line(entry)
-    side = chosen_side(entry, argv, args.side)
-    stem = args.out / f"profile-{side.name}-c{args.concurrency}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
+    stem = args.out / f"profile-{args.side}-c{args.concurrency}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
     stem.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = served_weights(argv)
-    with side.server(Path(f"{stem}.server.log")) as server:
-        first_completion(server, entry.served_model_name)
-        (serving,) = side.serving_processes(server)
+    with side_under_load(args.side, entry, argv, stem) as (server, serving):
         Path(f"{stem}.procs.json").write_text(json.dumps(side_process_facts(serving), indent=2) + "\n")
         dump_threads(serving.pid, Path(f"{stem}.threads.txt"))
         result_path, stacks = Path(f"{stem}.json"), Path(f"{stem}.txt")
         flags = client_flags(server, entry.served_model_name, tokenizer, args.concurrency, args, result_path)
         result = recorded_load(serving.pid, flags, stacks, result_path)
-    print(f"{side.name}: {result['total_output_tokens']} output tokens, serving CPU {result['server_cpu_s']:.2f} s, "
+    print(f"{args.side}: {result['total_output_tokens']} output tokens, serving CPU {result['server_cpu_s']:.2f} s, "
           f"{sum(busy(read_stacks(stacks)).values())} busy samples: {stacks}")
     return stacks
 
@@ -214,7 +245,7 @@ def frame_package(frame: str) -> str:
     top = parts[0].removesuffix(".py")
     if top in PACKAGES:
         return top
-    if parts[-1].removesuffix(".py") in TEMPLATES and (len(parts) == 1 or "models" in parts):
+    if parts[-1].removesuffix(".py") in TEMPLATES and (len(parts) == 1 or {"models", BENCH_GATEWAY} & set(parts)):
         return "templates"
     return "other"
 
@@ -325,6 +356,45 @@ def compare(a_paths: list[Path], b_paths: list[Path], top: int) -> str:
     ])
 
 
+def self_samples(stacks: Stacks) -> Counter:
+    """Samples whose innermost frame is in each function (whichever line): where the CPU was."""
+    own: Counter = Counter()
+    for frames, count in stacks.items():
+        own[function_of(frames[-1])] += count
+    return own
+
+
+def top_functions_table(stacks: Stacks, tokens: int, top: int) -> list[str]:
+    """The functions with the most samples per 1,000 output tokens, by their own samples, with
+    their inclusive samples beside."""
+    own, inclusive = self_samples(stacks), inclusive_samples(stacks)
+    total = sum(stacks.values()) or 1
+    lines = ["| function (own samples) | own / 1k tok | own share | inclusive / 1k tok |", "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {f} | {1000 * n / tokens:.2f} | {n / total:.1%} | {1000 * inclusive[f] / tokens:.2f} |"
+              for f, n in own.most_common(top)]
+    return lines
+
+
+def show(paths: list[Path], top: int) -> str:
+    """One side's runs: shares by package and by layer, per output token, and its top functions, as Markdown."""
+    all_stacks, tokens = pooled(paths)
+    stacks = busy(all_stacks)
+    per_kt = 1000 * sum(stacks.values()) / tokens
+    return "\n".join([
+        f"{', '.join(map(str, paths))}: {sum(stacks.values())} busy samples of {sum(all_stacks.values())}, "
+        f"{tokens} output tokens, {PY_SPY_RATE} samples/s ({1e6 / PY_SPY_RATE:.0f} µs each)", "",
+        *one_share_table(package_shares(stacks), per_kt, "package (innermost frame)"), "",
+        *one_share_table(layer_shares(stacks), per_kt, "layer (innermost caller outside utilities)"), "",
+        *top_functions_table(stacks, tokens, top),
+    ])
+
+
+def one_share_table(shares: dict[str, float], per_kt: float, heading: str) -> list[str]:
+    return [f"| {heading} | share | samples / 1k tok |", "| --- | ---: | ---: |",
+            *(f"| {name} | {share:.1%} | {share * per_kt:.1f} |" for name, share in shares.items()),
+            f"| all | 100% | {per_kt:.1f} |"]
+
+
 def run_files(text: str) -> list[Path]:
     """`A.txt` or `A1.txt,A2.txt`: one side's recorded runs."""
     return [Path(part) for part in text.split(",") if part]
@@ -332,19 +402,21 @@ def run_files(text: str) -> list[Path]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--side", choices=("bento", "vllm"))
+    parser.add_argument("--side", choices=("bento", "vllm", "gateway"))
     parser.add_argument("--compare", type=run_files, nargs=2, metavar=("A.txt[,A2.txt]", "B.txt[,B2.txt]"),
                         help="two sides' recorded runs (several of one side: comma-separated, pooled)")
+    parser.add_argument("--show", type=run_files, metavar="A.txt[,A2.txt]",
+                        help="one side's recorded runs: shares and top functions (several: comma-separated, pooled)")
     parser.add_argument("--model", default="tiny-dev")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--num-prompts", type=int, default=256)
     parser.add_argument("--input-len", type=int, default=64)
     parser.add_argument("--output-len", type=int, default=64)
-    parser.add_argument("--top", type=int, default=25, help="functions listed by --compare (default: 25)")
+    parser.add_argument("--top", type=int, default=25, help="functions listed by --compare and --show (default: 25)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
-    if (args.side is None) == (args.compare is None):
-        parser.error("give --side or --compare")
+    if sum(x is not None for x in (args.side, args.compare, args.show)) != 1:
+        parser.error("give one of --side, --compare and --show")
     return args
 
 
@@ -352,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.compare:
         print(compare(*args.compare, args.top))
+        return 0
+    if args.show:
+        print(show(args.show, args.top))
         return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     profile_side(args)
