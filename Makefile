@@ -80,16 +80,18 @@ generate: ## render models/ from catalog.yaml and templates/
 check: ## fail if models/ differs from what the catalog and templates produce
 	$(PY) -m scripts.generate --check
 
-# The suite on TEST_WORKERS pytest-xdist workers (TEST_WORKERS=0: in this one process). make test:
-# each worker takes whole modules (a module's servers start once), in the order of tests/conftest.py
-# (LONGEST_FIRST); make test-quick starts no server, so its workers share out single tests.
-TEST_WORKERS ?= 2
-XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist $(1))
-test: ## run the whole test suite: every served model served for real [TEST_WORKERS=2] [TEST_ARGS=]
-	$(PY) -m pytest $(call XDIST,loadscope --no-loadscope-reorder) $(TEST_ARGS)
+# The suite on pytest-xdist workers (0: in this one process). make test: each worker takes whole
+# modules (a module's servers start once), in the order of tests/conftest.py (LONGEST_FIRST); three
+# workers on two cores: with two, the cores sat idle about a third of the run (waits on starts, exits, image layers).
+# make test-quick starts no server and is CPU-bound, so its workers, one per core, share out single tests.
+TEST_WORKERS ?= 3
+QUICK_TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(1)),,-n $(1) --dist $(2))
+test: ## run the whole test suite: every served model served for real [TEST_WORKERS=3] [TEST_ARGS=]
+	$(PY) -m pytest $(call XDIST,$(TEST_WORKERS),loadscope --no-loadscope-reorder) $(TEST_ARGS)
 
-test-quick: ## the inner loop: every test that starts no server (catalog, generator, locks offline, patches, router, bench statistics)
-	LLM_BENTOS_NO_SERVERS=1 $(PY) -m pytest $(call XDIST,worksteal) -m "not serves and not registry" $(TEST_ARGS)
+test-quick: ## the inner loop: every test that starts no server (catalog, generator, locks offline, patches, router, bench statistics) [QUICK_TEST_WORKERS=2]
+	LLM_BENTOS_NO_SERVERS=1 $(PY) -m pytest $(call XDIST,$(QUICK_TEST_WORKERS),worksteal) -m "not serves and not registry" $(TEST_ARGS)
 
 tiny-model: ## put the offline tiny test model into the BentoML model store
 	$(PY) -m scripts.tiny

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import re
+import signal
 import socket
 import time
 from pathlib import Path
@@ -103,16 +104,30 @@ def delta_text(line: str) -> str:
     return choices[0].get("delta", {}).get("content") or ""
 
 
+def engine_core_of(gateway, service: str) -> psutil.Process:
+    """vLLM's engine-core process of one model service under the gateway's `bentoml serve`."""
+    worker = next(w for w in psutil.Process(gateway.process.pid).children() if service in w.cmdline())
+    (engine,) = [p for p in worker.children(recursive=True) if "EngineCore" in " ".join(p.cmdline())]
+    return engine
+
+
 def test_stream_arrives_chunk_by_chunk(gateway, services):
-    """Not buffered: the first text reaches the client while tiny-dev's engine is still writing
-    the reply (900 tokens, seconds of work). A gateway that held the reply back would pass the
-    first text on only once the engine had finished it."""
+    """Not buffered: once the first text has arrived, tiny-dev's engine is paused (SIGSTOP) in the
+    middle of a 900-token reply. A gateway that passes chunks on then has nothing more to send
+    until the engine resumes; one that held the reply back would now send the rest of it."""
     body = {"model": "tiny-dev", "messages": CHAT, "max_tokens": 900, "stream": True, "ignore_eos": True}
-    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", json=body, headers=AUTH, timeout=60) as reply:
-        first_text = next(text for line in reply.iter_lines() if (text := delta_text(line)))
-        running_at_first_text = running_requests(services["tiny-dev"])
-    assert first_text
-    assert running_at_first_text == 1, "the first text came only after the engine had finished the reply"
+    engine = engine_core_of(gateway, "tiny-dev")
+    timeout = httpx.Timeout(60, read=3)
+    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", json=body, headers=AUTH, timeout=timeout) as reply:
+        lines = reply.iter_lines()
+        assert any(delta_text(line) for line in lines)
+        engine.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(httpx.ReadTimeout):  # the chunks already on their way, then nothing
+                ended = next((line for line in lines if line == "data: [DONE]"), "the reply ended without [DONE]")
+                pytest.fail(f"the rest of the reply came while the engine was paused: {ended}")
+        finally:
+            engine.send_signal(signal.SIGCONT)
     assert wait_for_running(services["tiny-dev"], 0, timeout=30) == 0, "closing the stream ends the request"
 
 
@@ -320,8 +335,7 @@ def test_engine_death_under_a_stream_is_an_error_event_and_readyz_needs_every_mo
     """Last in the module: it kills tiny-dev's engine under a stream read with the openai client."""
     assert gateway.statuses_seen[-1] == 200 and 503 in gateway.statuses_seen
     assert httpx.get(gateway.url + "/readyz").status_code == 200
-    dev_worker = next(w for w in psutil.Process(gateway.process.pid).children() if "tiny-dev" in w.cmdline())
-    (engine,) = [p for p in dev_worker.children(recursive=True) if "EngineCore" in " ".join(p.cmdline())]
+    engine = engine_core_of(gateway, "tiny-dev")
     stream = client.chat.completions.create(model="tiny-dev", messages=CHAT, max_tokens=1000, stream=True,
                                             extra_body={"ignore_eos": True})
     chunks = [next(stream)]  # the stream is in flight
