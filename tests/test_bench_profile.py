@@ -49,6 +49,16 @@ def test_busy_leaves_out_the_samples_of_waiting_threads(runs):
     assert not any(frames[-1].startswith(("_worker", "Runner.run")) for frames in busy)
 
 
+def test_busy_leaves_out_native_waits_recorded_with_native_frames():
+    stacks = Counter({
+        ("run (asyncio/events.py:80)", "uv__io_poll (libuv/src/unix/epoll.c:236)", "epoll_pwait (libc.so.6)"): 5,
+        ("_bootstrap (threading.py:1002)", "lock_PyThread_acquire_lock (thread.c)",
+         "PyThread_acquire_lock_timed (thread_pthread.h)", "0x7fbabe2aed90 (libc.so.6)"): 4,
+        ("run (asyncio/events.py:80)", "UVStream__try_write (uvloop/handles/stream.pyx:1)", "write (libc.so.6)"): 3,
+    })
+    assert profile.busy(stacks) == Counter({stacks.most_common()[-1][0]: 3})
+
+
 @pytest.mark.parametrize(("frame", "package"), [
     ("run (asyncio/events.py:80)", "asyncio"),
     ("__call__ (_bentoml_impl/server/app.py)", "_bentoml_impl"),

@@ -80,6 +80,12 @@ IDLE_FRAMES = (
     "Server.run (uvicorn/server.py",  # uvicorn's asyncio.run(...) with uvloop's native loop beneath
 )
 
+# With --native: the C functions a waiting thread sits in (the event loop's poll, a lock or condition).
+# Their innermost frame can be an unnamed libc address, so the frames just above it count too.
+NATIVE_IDLE_FUNCTIONS = frozenset({"epoll_wait", "epoll_pwait", "poll", "select", "PyThread_acquire_lock_timed",
+                                   "pthread_cond_wait", "pthread_cond_timedwait", "sem_wait", "sem_timedwait"})
+NATIVE_IDLE_DEPTH = 3
+
 Stacks = Counter  # tuple of frames (root first) -> samples
 
 
@@ -94,9 +100,11 @@ def py_spy_binary() -> str:
     return found
 
 
-def start_recording(pid: int, output: Path) -> subprocess.Popen:
+def start_recording(pid: int, output: Path, native: bool = False) -> subprocess.Popen:
+    """py-spy on `pid`; with `native`, the frames of C extensions too (uvloop, httptools: their
+    work shows as the Python frame that calls them otherwise, or as the idle event loop)."""
     command = [py_spy_binary(), "record", "--pid", str(pid), "--format", "raw", "--rate", str(PY_SPY_RATE),
-               "--output", str(output)]
+               "--output", str(output), *(["--native"] if native else [])]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=output.with_suffix(".py-spy.log").open("wb"))
 
 
@@ -160,10 +168,10 @@ def chosen_side(entry, argv: list[str], name: str) -> Side:
     return next(s for s in plain_sides(entry, argv) if s.name == name)
 
 
-def recorded_load(pid: int, flags: list[str], stacks: Path, result_path: Path) -> dict:
+def recorded_load(pid: int, flags: list[str], stacks: Path, result_path: Path, native: bool = False) -> dict:
     """The benchmark's load (no warm-up: the first completion was one) with py-spy on `pid`; its result,
     written to result_path (the compare mode reads its output tokens there)."""
-    recorder = start_recording(pid, stacks)
+    recorder = start_recording(pid, stacks, native)
     try:
         result = run_benchmark_client(flags, 0, [pid], result_path)
     finally:
@@ -206,7 +214,7 @@ def profile_side(args: argparse.Namespace) -> Path:
         dump_threads(serving.pid, Path(f"{stem}.threads.txt"))
         result_path, stacks = Path(f"{stem}.json"), Path(f"{stem}.txt")
         flags = client_flags(server, entry.served_model_name, tokenizer, args.concurrency, args, result_path)
-        result = recorded_load(serving.pid, flags, stacks, result_path)
+        result = recorded_load(serving.pid, flags, stacks, result_path, args.native)
     print(f"{args.side}: {result['total_output_tokens']} output tokens, serving CPU {result['server_cpu_s']:.2f} s, "
           f"{sum(busy(read_stacks(stacks)).values())} busy samples: {stacks}")
     return stacks
@@ -254,9 +262,15 @@ def is_idle(frame: str) -> bool:
     return frame.rpartition(":")[0].endswith(IDLE_FRAMES) or frame.endswith(IDLE_FRAMES)
 
 
+def waits_natively(frames: tuple[str, ...]) -> bool:
+    return any(frame.partition(" (")[0] in NATIVE_IDLE_FUNCTIONS for frame in frames[-NATIVE_IDLE_DEPTH:])
+
+
 def busy(stacks: Stacks) -> Stacks:
-    """The samples of threads at work: those whose innermost frame is not a wait (IDLE_FRAMES)."""
-    return Counter({frames: count for frames, count in stacks.items() if not is_idle(frames[-1])})
+    """The samples of threads at work: those whose innermost frame is not a wait (IDLE_FRAMES), nor
+    (recorded with --native) a C function that waits (NATIVE_IDLE_FUNCTIONS)."""
+    return Counter({frames: count for frames, count in stacks.items()
+                    if not is_idle(frames[-1]) and not waits_natively(frames)})
 
 
 def package_shares(stacks: Stacks) -> dict[str, float]:
@@ -412,6 +426,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-prompts", type=int, default=256)
     parser.add_argument("--input-len", type=int, default=64)
     parser.add_argument("--output-len", type=int, default=64)
+    parser.add_argument("--native", action="store_true", help="record C extensions' frames too (py-spy --native)")
     parser.add_argument("--top", type=int, default=25, help="functions listed by --compare and --show (default: 25)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
