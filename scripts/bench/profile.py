@@ -24,7 +24,9 @@ each sample's innermost frame), the same by layer (the innermost frame outside t
 utilities, UTILITY_PACKAGES: whose work it was) and the functions whose inclusive samples per output token
 differ most (A minus B); several runs of a side, comma-separated, are pooled (samples and
 tokens summed). The third prints one side's shares the same way and its functions with the
-most samples per output token, by their own (innermost-frame) samples and inclusive. Without --idle py-spy leaves out threads it sees waiting, but here it
+most samples per output token, by their own (innermost-frame) samples and inclusive.
+
+Without --idle py-spy leaves out threads it sees waiting, but here it
 still samples threads blocked in a queue, a condition or the event loop's poll (measured: 85% of
 plain vLLM's samples); `busy` drops samples whose innermost frame is one of IDLE_FRAMES, so what
 is compared is CPU time (and time runnable, waiting for a core, on a busy machine). uvloop's
