@@ -211,26 +211,28 @@ class StreamReader:
             time.sleep(quiet_s)
 
 
-def stream_stopped_mid_way(client: httpx.Client, request: dict, engine: psutil.Process, attempts: int = 3):
+def stream_stopped_mid_way(client: httpx.Client, request: dict, engine: psutil.Process, burst_s: float = 0.02):
     """A stream whose engine is stopped (SIGSTOP) after its first tokens and before its last one.
 
-    The stop makes the kill that follows land mid-stream for certain: a client starved of
-    CPU can otherwise read its first token only after a tiny model has written the whole reply.
+    The engine is stopped before the request goes out (vLLM's reply starts, headers first, without
+    it) and then runs in bursts of `burst_s` until the first event reaches this client, so the
+    kill that follows lands mid-stream even when this process waits seconds for a CPU: the tiny
+    model writes a whole reply in a few seconds of its own CPU time, not in a few bursts.
     """
-    for _ in range(attempts):
-        response = client.send(client.build_request("POST", "/v1/chat/completions", json=request), stream=True)
-        assert response.status_code == 200, response.read()
-        reader = StreamReader(response)
-        while not reader.events and not reader.done.wait(0.01):
-            pass
+    engine.suspend()
+    response = client.send(client.build_request("POST", "/v1/chat/completions", json=request), stream=True)
+    assert response.status_code == 200, response.read()
+    reader = StreamReader(response)
+    deadline = time.monotonic() + 120
+    while not reader.events and not reader.done.is_set() and time.monotonic() < deadline:
+        engine.resume()
+        time.sleep(burst_s)
         engine.suspend()
-        reader.settle(0.5)
-        if not reader.finishes() and not reader.done.is_set():
-            return response, reader
-        engine.resume()  # the reply was complete before the stop: try again
-        reader.done.wait(30)
-        response.close()
-    raise AssertionError(f"each of {attempts} replies was complete before the engine could be stopped")
+        reader.settle(0.05)
+    reader.settle(0.5)
+    assert reader.events and not reader.finishes() and not reader.done.is_set(), \
+        f"the engine stopped mid-reply: {reader.events[-3:]}"
+    return response, reader
 
 
 def test_engine_killed_mid_stream_ends_requests_probes_and_server_as_pid_1(bentoml_home):
