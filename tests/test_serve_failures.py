@@ -216,8 +216,8 @@ def stream_stopped_mid_way(client: httpx.Client, request: dict, engine: psutil.P
 
     The engine is stopped before the request goes out (vLLM's reply starts, headers first, without
     it) and then runs in bursts of `burst_s` until the first event reaches this client, so the
-    kill that follows lands mid-stream even when this process waits seconds for a CPU: the tiny
-    model writes a whole reply in a few seconds of its own CPU time, not in a few bursts.
+    kill that follows lands mid-stream even when this process waits seconds for a CPU (a burst
+    then lasts as long), as long as the reply needs more of the engine's time than that.
     """
     engine.suspend()
     response = client.send(client.build_request("POST", "/v1/chat/completions", json=request), stream=True)
@@ -235,15 +235,19 @@ def stream_stopped_mid_way(client: httpx.Client, request: dict, engine: psutil.P
     return response, reader
 
 
-def test_engine_killed_mid_stream_ends_requests_probes_and_server_as_pid_1(bentoml_home):
+def test_engine_killed_mid_stream_ends_requests_probes_and_server_as_pid_1(tmp_path, bentoml_home):
     """SIGKILL of vLLM's engine core while a stream is in flight, with `bentoml serve` as PID 1.
 
     (As an ordinary child the worker signals its parent the same way, as the failed starts above show.)
     """
-    request = {"model": "tiny-dev", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 900,
+    # A reply long enough (8,000 tokens, about 20 s of the engine's CPU here) that the engine is
+    # stopped mid-way even when this process waits seconds for a CPU: tiny-dev with a longer
+    # context than its catalog entry's 1,024 (its random weights take any position).
+    folder = tiny_dev_copy(tmp_path, '"max_model_len": 1024,', '"max_model_len": 8192,')
+    env = {"BENTOML_HOME": bentoml_home, "VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"}
+    request = {"model": "tiny-dev", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8000,
                "ignore_eos": True, "stream": True}
-    with serve_folder(TINY_DEV, "engine-death-pid1", env={"BENTOML_HOME": bentoml_home}, timeout=600,
-                      pid_namespace=True) as server:
+    with serve_folder(folder, "engine-death-pid1", env=env, timeout=600, pid_namespace=True) as server:
         engine = engine_core(server)
         with ProbeWatch(server.url) as probes, httpx.Client(base_url=server.url, timeout=60) as client:
             response, stream = stream_stopped_mid_way(client, request, engine)
