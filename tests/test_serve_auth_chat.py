@@ -5,13 +5,12 @@ The chat-page tests run in Chromium (`make browser`); the last one kills the ser
 from __future__ import annotations
 
 import os
-import time
 
 import httpx
 import openai
 import pytest
 from chat_page import CHAT_ROUTE, add_to_requests, engine_core, engine_paused, last, new_chat, open_chat, roles, send
-from conftest import ARTIFACTS, ROOT, serve_folder
+from conftest import ARTIFACTS, ROOT, run_in_bursts, serve_folder
 
 pytestmark = pytest.mark.serves  # every test here serves a model: not in `make test-quick`
 
@@ -188,12 +187,13 @@ def paused_mid_stream(browser, server, engine, burst_s: float = 0.02) -> tuple[o
     page.fill("#prompt", "Tell me a long story")
     engine.suspend()
     page.click("#send")
-    deadline = time.monotonic() + 120
-    while not (text := page.evaluate(FIRST_ANSWER)) and time.monotonic() < deadline:
-        engine.resume()
-        time.sleep(burst_s)
-        engine.suspend()
+
+    def text_shown() -> bool:
         page.wait_for_timeout(50)
+        return bool(page.evaluate(FIRST_ANSWER))
+
+    run_in_bursts(engine, text_shown, burst_s)
+    text = page.evaluate(FIRST_ANSWER)
     assert text and page.is_disabled("#send"), "the engine was stopped in the middle of the stream"
     return page, text, statuses
 

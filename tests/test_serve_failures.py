@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import ROOT, folder_server, run_until_exit, serve_folder
+from conftest import ROOT, folder_server, run_in_bursts, run_until_exit, serve_folder
 from scripts.serving.process import ServerProcess, http_status
 
 pytestmark = pytest.mark.serves  # every test here serves a model: not in `make test-quick`
@@ -223,12 +223,12 @@ def stream_stopped_mid_way(client: httpx.Client, request: dict, engine: psutil.P
     response = client.send(client.build_request("POST", "/v1/chat/completions", json=request), stream=True)
     assert response.status_code == 200, response.read()
     reader = StreamReader(response)
-    deadline = time.monotonic() + 120
-    while not reader.events and not reader.done.is_set() and time.monotonic() < deadline:
-        engine.resume()
-        time.sleep(burst_s)
-        engine.suspend()
+
+    def first_event() -> bool:
         reader.settle(0.05)
+        return bool(reader.events) or reader.done.is_set()
+
+    run_in_bursts(engine, first_event, burst_s)
     reader.settle(0.5)
     assert reader.events and not reader.finishes() and not reader.done.is_set(), \
         f"the engine stopped mid-reply: {reader.events[-3:]}"
