@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
-from contextlib import contextmanager
-
-import psutil
 
 CHAT_ROUTE = "**/v1/chat/completions"
 
@@ -58,22 +54,3 @@ def last(page, selector: str, script: str = "el => el.textContent"):
 
 def roles(body: dict) -> list[str]:
     return [m["role"] for m in body["messages"]]
-
-
-def engine_core(server) -> psutil.Process:
-    """vLLM's engine-core process under a served Bento."""
-    for child in psutil.Process(server.process.pid).children(recursive=True):
-        if "EngineCore" in " ".join(child.cmdline()):
-            return child
-    raise LookupError("no VLLM::EngineCore process under the server")
-
-
-@contextmanager
-def engine_paused(server):
-    """The engine stopped (SIGSTOP): requests are taken but no token comes until the block ends."""
-    engine = engine_core(server)
-    engine.send_signal(signal.SIGSTOP)
-    try:
-        yield engine
-    finally:
-        engine.send_signal(signal.SIGCONT)

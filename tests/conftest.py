@@ -180,18 +180,6 @@ def still_running(process: psutil.Process) -> bool:
         return False
 
 
-def run_in_bursts(engine: psutil.Process, until: t.Callable[[], bool], burst_s: float = 0.02, timeout: float = 120) -> bool:
-    """Let a stopped (SIGSTOP) engine run for `burst_s` at a time, stopping it again after each,
-    until `until()` holds; whether it did. The engine is stopped on return, however long this process
-    waited for a CPU between its calls (a wait stretches a burst, never the time stopped)."""
-    deadline = time.monotonic() + timeout
-    while not (done := until()) and time.monotonic() < deadline:
-        engine.resume()
-        time.sleep(burst_s)
-        engine.suspend()
-    return done
-
-
 @pytest.fixture(scope="module")
 def tiny_server(bentoml_home, request):
     """`bentoml serve models/tiny-dev`, ready; stopped after the module's tests."""

@@ -12,8 +12,6 @@ import asyncio
 import json
 import os
 import re
-import signal
-import socket
 import time
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import psutil
 import pytest
 from chat_page import last, new_chat, send
 from conftest import ROOT, SMALL_KV_CACHE_ENV, serve_folder
+from paused_engine import RawRequest, engine_core, hang_up_mid_request, sse_events, stream_stopped_mid_way
 
 pytestmark = pytest.mark.serves  # every test here serves a model: not in `make test-quick`
 
@@ -63,12 +62,6 @@ def services(gateway) -> dict[str, httpx.Client]:
         c.close()
 
 
-def running_requests(service: httpx.Client) -> float:
-    """vLLM's own num_requests_running gauge on a model service's /metrics."""
-    text = service.get("/metrics").text
-    return sum(float(m) for m in re.findall(r"^vllm:num_requests_running\{[^}]*\} (\S+)$", text, re.M))
-
-
 def greedy(client: openai.OpenAI, model: str) -> openai.types.Completion:
     return client.completions.create(model=model, prompt="Once upon a time", max_tokens=16, temperature=0, logprobs=1,
                                      extra_body={"ignore_eos": True})
@@ -96,65 +89,20 @@ def test_reply_through_the_gateway_equals_the_services_own(client, services):
     assert greedy(client, "tiny-lora").choices[0].text == direct["choices"][0]["text"]
 
 
-def delta_text(line: str) -> str:
-    """The text of a server-sent chat chunk ('' for any other line)."""
-    if not line.startswith("data: {"):
-        return ""
-    choices = json.loads(line.removeprefix("data: ")).get("choices") or [{}]
-    return choices[0].get("delta", {}).get("content") or ""
-
-
-def engine_core_of(gateway, service: str) -> psutil.Process:
-    """vLLM's engine-core process of one model service under the gateway's `bentoml serve`."""
-    worker = next(w for w in psutil.Process(gateway.process.pid).children() if service in w.cmdline())
-    (engine,) = [p for p in worker.children(recursive=True) if "EngineCore" in " ".join(p.cmdline())]
-    return engine
-
-
 def test_stream_arrives_chunk_by_chunk(gateway, services):
-    """Not buffered: once the first text has arrived, tiny-dev's engine is paused (SIGSTOP) in the
-    middle of a 900-token reply. A gateway that passes chunks on then has nothing more to send
-    until the engine resumes; one that held the reply back would now send the rest of it."""
+    """Not buffered: with tiny-dev's engine stopped (SIGSTOP) before the request and then run in
+    short bursts (tests/paused_engine.py), the first text reaches the client while most of the
+    900-token reply is still to be written. A gateway that held the reply back would send nothing
+    until the engine had written all of it, and the helper's check that the reply is mid-way fails."""
     body = {"model": "tiny-dev", "messages": CHAT, "max_tokens": 900, "stream": True, "ignore_eos": True}
-    engine = engine_core_of(gateway, "tiny-dev")
-    timeout = httpx.Timeout(60, read=3)
-    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", json=body, headers=AUTH, timeout=timeout) as reply:
-        lines = reply.iter_lines()
-        assert any(delta_text(line) for line in lines)
-        engine.send_signal(signal.SIGSTOP)
+    engine = engine_core(gateway, "tiny-dev")
+    with httpx.Client(base_url=gateway.url, headers=AUTH, timeout=60) as http:
         try:
-            with pytest.raises(httpx.ReadTimeout):  # the chunks already on their way, then nothing
-                ended = next((line for line in lines if line == "data: [DONE]"), "the reply ended without [DONE]")
-                pytest.fail(f"the rest of the reply came while the engine was paused: {ended}")
+            stream = stream_stopped_mid_way(engine, lambda: sse_events(
+                http.send(http.build_request("POST", "/v1/chat/completions", json=body), stream=True)))
         finally:
-            engine.send_signal(signal.SIGCONT)
-    assert wait_for_running(services["tiny-dev"], 0, timeout=30) == 0, "closing the stream ends the request"
-
-
-def test_embeddings_go_to_the_embedding_model(client):
-    result = client.embeddings.create(model="tiny-embed", input=["Robots like tea.", "The capital of France is Paris."])
-    assert result.model == "tiny-embed"
-    assert [len(d.embedding) for d in result.data] == [HIDDEN_SIZE, HIDDEN_SIZE]
-
-
-def test_unknown_model_is_vllms_own_404(gateway, services):
-    body = {"model": "tiny-xl", "messages": CHAT}
-    ours = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers=AUTH)
-    vllms = services["tiny-dev"].post("/v1/chat/completions", json=body)
-    assert ours.status_code == vllms.status_code == 404
-    ours_error, vllm_error = ours.json()["error"], vllms.json()["error"]
-    assert {k: v for k, v in ours_error.items() if k != "message"} == {k: v for k, v in vllm_error.items() if k != "message"}
-    assert ours_error["message"].split(" Valid aliases:")[0] == vllm_error["message"].split(" Valid aliases:")[0]
-    assert ours_error["message"].endswith("Valid aliases: tiny-dev, tiny-think, tiny-lora, tiny-embed.")
-    with pytest.raises(openai.NotFoundError):
-        openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=KEY, max_retries=0).chat.completions.create(model="tiny-xl", messages=CHAT)
-
-
-@pytest.mark.parametrize("body", [{"messages": CHAT}, {"model": None, "messages": CHAT}])
-def test_request_without_model_is_a_400(gateway, body):
-    response = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers=AUTH)
-    assert response.status_code == 400
-    assert response.json()["error"]["param"] == "model" and "`model` is required" in response.json()["error"]["message"]
+            engine.resume()
+        assert stream.done.wait(120) and stream.finishes() == ["length"], (stream.finishes(), stream.error)
 
 
 def test_bad_json_is_a_400_and_the_gateway_keeps_serving(gateway, client):
@@ -171,45 +119,18 @@ def test_vllm_routes_beyond_chat(gateway):
     assert reply.status_code == 200 and reply.json()["model"] == "tiny-dev"
 
 
-def send_request(gateway, path: str, body: dict) -> socket.socket:
-    """An HTTP request on a socket of its own, left open: the test decides when the client goes away."""
-    payload = json.dumps(body).encode()
-    sock = socket.create_connection(("127.0.0.1", gateway.port))
-    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Authorization: Bearer {KEY}\r\nContent-Length: {len(payload)}\r\n\r\n")
-    sock.sendall(head.encode() + payload)
-    return sock
-
-
-def wait_for_running(service: httpx.Client, expected: float, timeout: float = 60) -> float:
-    deadline = time.monotonic() + timeout
-    while (running := running_requests(service)) != expected and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return running
-
-
 @pytest.mark.parametrize("stream", [True, False], ids=["streaming", "not-streaming"])
 def test_client_disconnect_frees_the_engine(gateway, services, stream):
-    """A request running in the model's engine ends there once its client hangs up.
-
-    A try whose request the test never saw running (it had finished while this process
-    waited for a CPU) shows nothing; one of three tries must see it running.
-    """
+    """A client that hangs up while its request runs in the model's engine ends the request there:
+    the engine counts it as no finished request (vLLM counts an abort as none) and writes far
+    fewer than its 1000 tokens. The engine runs in bursts around the hang-up (tests/paused_engine.py),
+    so the request cannot end before the client hangs up, however long this process waits for a CPU."""
     body = {"model": "tiny-dev", "messages": CHAT, "max_tokens": 1000, "stream": stream, "ignore_eos": True}
-    for _ in range(3):
-        sock = send_request(gateway, "/v1/chat/completions", body)
-        try:
-            if stream:
-                assert sock.recv(1024).startswith(b"HTTP/1.1 200")  # the stream has begun
-            seen_running = wait_for_running(services["tiny-dev"], 1, timeout=20) == 1
-        finally:
-            sock.close()  # long before 1000 tokens
-        if seen_running:
-            break
-        assert wait_for_running(services["tiny-dev"], 0, timeout=30) == 0
-    else:
-        pytest.fail("the request was never seen running in the model's engine in three tries")
-    assert wait_for_running(services["tiny-dev"], 0, timeout=30) == 0
+    seen = hang_up_mid_request(engine_core(gateway, "tiny-dev"), lambda: RawRequest(gateway.port, "/v1/chat/completions", body, AUTH),
+                               lambda: services["tiny-dev"].get("/metrics").text)
+    if stream:
+        assert seen["received"].startswith(b"HTTP/1.1 200"), seen["received"][:200]  # the stream had begun
+    assert seen["finished"] == 0 and seen["generated"] < 1000, seen
 
 
 def test_32_concurrent_mixed_requests(gateway):
@@ -335,15 +256,14 @@ def test_engine_death_under_a_stream_is_an_error_event_and_readyz_needs_every_mo
     """Last in the module: it kills tiny-dev's engine under a stream read with the openai client."""
     assert gateway.statuses_seen[-1] == 200 and 503 in gateway.statuses_seen
     assert httpx.get(gateway.url + "/readyz").status_code == 200
-    engine = engine_core_of(gateway, "tiny-dev")
-    stream = client.chat.completions.create(model="tiny-dev", messages=CHAT, max_tokens=1000, stream=True,
-                                            extra_body={"ignore_eos": True})
-    chunks = [next(stream)]  # the stream is in flight
+    engine = engine_core(gateway, "tiny-dev")
+    stream = stream_stopped_mid_way(engine, lambda: (chunk.model_dump() for chunk in client.chat.completions.create(
+        model="tiny-dev", messages=CHAT, max_tokens=1000, stream=True, extra_body={"ignore_eos": True})))
     engine.kill()
-    with pytest.raises(openai.APIError) as raised:
-        chunks += list(stream)
-    assert not any(c.choices and c.choices[0].finish_reason for c in chunks), "the reply ended before the kill"
-    assert "EngineCore" in str(raised.value) or "stopped in the middle" in str(raised.value), raised.value
+    assert stream.done.wait(60), "the stream ended after the kill"
+    assert not stream.finishes(), "the reply ended before the kill"
+    assert isinstance(stream.error, openai.APIError), repr(stream.error)
+    assert "EngineCore" in str(stream.error) or "stopped in the middle" in str(stream.error), stream.error
     ready = []
     deadline = time.monotonic() + 30
     while 503 not in ready and time.monotonic() < deadline:

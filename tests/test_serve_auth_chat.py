@@ -9,8 +9,9 @@ import os
 import httpx
 import openai
 import pytest
-from chat_page import CHAT_ROUTE, add_to_requests, engine_core, engine_paused, last, new_chat, open_chat, roles, send
-from conftest import ARTIFACTS, ROOT, run_in_bursts, serve_folder
+from chat_page import CHAT_ROUTE, add_to_requests, last, new_chat, open_chat, roles, send
+from conftest import ARTIFACTS, ROOT, serve_folder
+from paused_engine import engine_core, paused, run_in_bursts
 
 pytestmark = pytest.mark.serves  # every test here serves a model: not in `make test-quick`
 
@@ -63,19 +64,16 @@ def test_bentoml_api_with_the_key(keyed_server):
     assert response.status_code == 200 and response.text
 
 
-# Calls `report(text)` from inside the page when the new reply's answer gets its first text, and
-# clicks Stop there if asked: a MutationObserver runs within the page's read loop, which can go on
-# for many chunks without giving the browser a frame, so a check that Playwright polls once per
-# frame can miss a whole stream.
-AT_FIRST_TEXT = """([stop]) => {
+# Clicks Stop from inside the page when the new reply's answer gets its first text: a
+# MutationObserver runs within the page's read loop, which can go on for many chunks without
+# giving the browser a frame, so a check that Playwright polls once per frame can miss a whole stream.
+STOP_AT_FIRST_TEXT = """() => {
   const before = document.querySelectorAll('.assistant').length;
   new MutationObserver((changes, observer) => {
     const replies = document.querySelectorAll('.assistant .answer');
-    const text = replies.length > before && replies[replies.length - 1].textContent;
-    if (text) {
+    if (replies.length > before && replies[replies.length - 1].textContent) {
       observer.disconnect();
-      if (stop) document.getElementById('stop').click();
-      if (window.report) window.report(text);
+      document.getElementById('stop').click();
     }
   }).observe(document.getElementById('log'), { childList: true, subtree: true, characterData: true });
 }"""
@@ -94,20 +92,25 @@ def test_chat_page_asks_for_the_key_streams_and_stops(keyed_server, browser):
     assert page.inner_text("#error") == ""
 
     # The random model may end a reply at once; the test (not the page) asks vLLM to ignore EOS
-    # so that there is a long generation to stop.
+    # so that there is a long generation to stop. The engine runs in short bursts until the reply is
+    # over (tests/paused_engine.py): the page's Stop at its first text lands long before the 900th
+    # token however long the browser waits for a CPU.
     add_to_requests(page, ignore_eos=True)
-    for _ in range(3):
-        page.evaluate(AT_FIRST_TEXT, [True])
-        send(page, "And another one", max_tokens=900)
-        assert page.inner_text("#error") == ""
-        stopped = last(page, ".assistant", "el => el.dataset.stopped")
-        if stopped == "true":
-            break
-        # The whole reply was there before the page could stop it: on 2 busy cores the browser
-        # can wait for a CPU until the server has finished. Not a try; start a fresh conversation.
-        open_chat(page, keyed_server.url, "tiny-dev")
+    page.evaluate(STOP_AT_FIRST_TEXT)
+
+    def reply_over() -> bool:
+        page.wait_for_timeout(50)
+        return page.is_enabled("#send")
+
+    with paused(engine_core(keyed_server)) as engine:
+        page.fill("#max-tokens", "900")
+        page.fill("#prompt", "And another one")
+        page.press("#prompt", "Enter")
+        assert run_in_bursts(engine, reply_over), "the reply ended"
+    assert page.inner_text("#error") == ""
     page.screenshot(path=str(ARTIFACTS / "chat-page.png"), full_page=True)
-    assert stopped == "true", "the generation was stopped from the page"
+    assert last(page, ".assistant", "el => el.dataset.stopped") == "true", "the generation was stopped from the page"
+    assert last(page, ".assistant .answer"), "the text before the stop stays"
 
 
 def test_rejected_request_leaves_the_history_so_roles_alternate(keyed_server, browser):
@@ -130,7 +133,7 @@ def test_rejected_request_leaves_the_history_so_roles_alternate(keyed_server, br
 def test_stop_before_any_text_leaves_the_history(keyed_server, browser):
     page, sent = new_chat(browser, keyed_server.url, "tiny-dev", KEY, ignore_eos=True)
     send(page, "first", max_tokens=8)
-    with engine_paused(keyed_server):
+    with paused(engine_core(keyed_server)):
         page.fill("#prompt", "second")
         with page.expect_request(CHAT_ROUTE):
             page.click("#send")
@@ -185,7 +188,7 @@ def paused_mid_stream(browser, server, engine, burst_s: float = 0.02) -> tuple[o
     page.on("response", lambda r: statuses.append(r.status) if r.url.endswith("/v1/chat/completions") else None)
     page.fill("#max-tokens", "900")
     page.fill("#prompt", "Tell me a long story")
-    engine.suspend()
+    engine.suspend()  # resumed after the test: it kills the engine
     page.click("#send")
 
     def text_shown() -> bool:

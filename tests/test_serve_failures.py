@@ -8,7 +8,6 @@ namespace, which is how BentoML's container image runs `bentoml serve` (its entr
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import threading
@@ -17,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
-from conftest import ROOT, folder_server, run_in_bursts, run_until_exit, serve_folder
+from conftest import ROOT, folder_server, run_until_exit, serve_folder
+from paused_engine import engine_core, sse_events, stream_stopped_mid_way
 from scripts.serving.process import ServerProcess, http_status
 
 pytestmark = pytest.mark.serves  # every test here serves a model: not in `make test-quick`
@@ -172,69 +171,6 @@ def test_vllm_argument_error_stops_the_server_as_pid_1(tmp_path, bentoml_home):
 # An engine that dies while serving.
 
 
-def engine_core(server: ServerProcess) -> psutil.Process:
-    """vLLM's engine-core process among the server's descendants."""
-    found = [p for p in psutil.Process(server.process.pid).children(recursive=True) if "EngineCore" in " ".join(p.cmdline())]
-    assert len(found) == 1, found
-    return found[0]
-
-
-class StreamReader:
-    """An SSE stream read on a thread, so the test can look at what has come without blocking on what has not."""
-
-    def __init__(self, response: httpx.Response):
-        self.events: list[dict] = []
-        self.cut: str | None = None  # the transport error that cut the stream, if one did
-        self.done = threading.Event()
-        threading.Thread(target=self._read, args=(response,), daemon=True).start()
-
-    def _read(self, response: httpx.Response) -> None:
-        try:
-            for line in response.iter_lines():
-                payload = line.removeprefix("data: ").strip()
-                if payload and payload != "[DONE]":
-                    self.events.append(json.loads(payload))
-        except httpx.TransportError as exc:
-            self.cut = repr(exc)
-        finally:
-            self.done.set()
-
-    def finishes(self) -> list[str]:
-        return [c["finish_reason"] for e in self.events for c in e.get("choices", []) if c.get("finish_reason")]
-
-    def settle(self, quiet_s: float, limit_s: float = 10) -> None:
-        """Returns once no event has come for `quiet_s`: what was on its way has arrived."""
-        deadline = time.monotonic() + limit_s
-        seen = -1
-        while time.monotonic() < deadline and not self.done.is_set() and seen != len(self.events):
-            seen = len(self.events)
-            time.sleep(quiet_s)
-
-
-def stream_stopped_mid_way(client: httpx.Client, request: dict, engine: psutil.Process, burst_s: float = 0.02):
-    """A stream whose engine is stopped (SIGSTOP) after its first tokens and before its last one.
-
-    The engine is stopped before the request goes out (vLLM's reply starts, headers first, without
-    it) and then runs in bursts of `burst_s` until the first event reaches this client, so the
-    kill that follows lands mid-stream even when this process waits seconds for a CPU (a burst
-    then lasts as long), as long as the reply needs more of the engine's time than that.
-    """
-    engine.suspend()
-    response = client.send(client.build_request("POST", "/v1/chat/completions", json=request), stream=True)
-    assert response.status_code == 200, response.read()
-    reader = StreamReader(response)
-
-    def first_event() -> bool:
-        reader.settle(0.05)
-        return bool(reader.events) or reader.done.is_set()
-
-    run_in_bursts(engine, first_event, burst_s)
-    reader.settle(0.5)
-    assert reader.events and not reader.finishes() and not reader.done.is_set(), \
-        f"the engine stopped mid-reply: {reader.events[-3:]}"
-    return response, reader
-
-
 def test_engine_killed_mid_stream_ends_requests_probes_and_server_as_pid_1(tmp_path, bentoml_home):
     """SIGKILL of vLLM's engine core while a stream is in flight, with `bentoml serve` as PID 1.
 
@@ -250,13 +186,13 @@ def test_engine_killed_mid_stream_ends_requests_probes_and_server_as_pid_1(tmp_p
     with serve_folder(folder, "engine-death-pid1", env=env, timeout=600, pid_namespace=True) as server:
         engine = engine_core(server)
         with ProbeWatch(server.url) as probes, httpx.Client(base_url=server.url, timeout=60) as client:
-            response, stream = stream_stopped_mid_way(client, request, engine)
+            stream = stream_stopped_mid_way(engine, lambda: sse_events(
+                client.send(client.build_request("POST", "/v1/chat/completions", json=request), stream=True)))
             engine.kill()
             killed_at = time.monotonic()
             stream.done.wait(30)
             stream_ended_s = time.monotonic() - killed_at
-            response.close()
-            events, cut = stream.events, stream.cut
+            events, cut = stream.events, stream.error
             try:
                 after = client.post("/v1/chat/completions", json={**request, "stream": False}, timeout=10).status_code
             except httpx.TransportError as exc:  # the server may be gone already: an error too
