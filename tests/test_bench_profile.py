@@ -1,4 +1,4 @@
-"""scripts/bench/profile.py's reading and comparison of py-spy's collapsed stacks (no server)."""
+"""py-spy's collapsed stacks read and compared (scripts/bench/stacks.py), and profile.py's command line (no server)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 
 from scripts.bench import profile
+from scripts.bench import stacks as reading
 
 # Two small runs in py-spy's raw format (root first); A sends 2,000 output tokens, B 1,000.
 A_STACKS = """\
@@ -38,13 +39,13 @@ def runs(tmp_path):
 
 
 def test_read_stacks_sums_samples_and_skips_lines_without_a_count(runs):
-    stacks = profile.read_stacks(runs[0])
+    stacks = reading.read_stacks(runs[0])
     assert sum(stacks.values()) == 870
     assert len(stacks) == 7
 
 
 def test_busy_leaves_out_the_samples_of_waiting_threads(runs):
-    busy = profile.busy(profile.read_stacks(runs[0]))
+    busy = reading.busy(reading.read_stacks(runs[0]))
     assert sum(busy.values()) == 70
     assert not any(frames[-1].startswith(("_worker", "Runner.run")) for frames in busy)
 
@@ -56,7 +57,7 @@ def test_busy_leaves_out_native_waits_recorded_with_native_frames():
          "PyThread_acquire_lock_timed (thread_pthread.h)", "0x7fbabe2aed90 (libc.so.6)"): 4,
         ("run (asyncio/events.py:80)", "UVStream__try_write (uvloop/handles/stream.pyx:1)", "write (libc.so.6)"): 3,
     })
-    assert profile.busy(stacks) == Counter({stacks.most_common()[-1][0]: 3})
+    assert reading.busy(stacks) == Counter({stacks.most_common()[-1][0]: 3})
 
 
 @pytest.mark.parametrize(("frame", "package"), [
@@ -70,11 +71,11 @@ def test_busy_leaves_out_native_waits_recorded_with_native_frames():
     ("<native> (libc.so.6)", "other"),
 ])
 def test_frame_package(frame, package):
-    assert profile.frame_package(frame) == package
+    assert reading.frame_package(frame) == package
 
 
 def test_package_shares_go_by_the_innermost_frame(runs):
-    shares = profile.package_shares(profile.busy(profile.read_stacks(runs[0])))
+    shares = reading.package_shares(reading.busy(reading.read_stacks(runs[0])))
     assert shares == pytest.approx({"vllm": 30 / 70, "asyncio": 20 / 70, "starlette": 10 / 70, "pydantic": 6 / 70,
                                     "templates": 4 / 70})
 
@@ -86,17 +87,17 @@ def test_layer_shares_count_utility_work_for_its_caller():
         ("run (asyncio/events.py:80)", "output_handler (vllm/v1/engine/async_llm.py:864)", "set (asyncio/locks.py:192)"): 1,
         ("run (asyncio/events.py:80)", "_run_once (asyncio/base_events.py:1900)"): 4,
     })
-    assert profile.layer_shares(stacks) == {"bentoml": 3 / 8, "vllm": 1 / 8, "asyncio": 4 / 8}
+    assert reading.layer_shares(stacks) == {"bentoml": 3 / 8, "vllm": 1 / 8, "asyncio": 4 / 8}
 
 
 def test_inclusive_samples_count_a_function_once_per_sample_whichever_line():
     stacks = Counter({("f (a.py:1)", "g (b.py:2)", "f (a.py:7)"): 3, ("g (b.py:9)",): 1})
-    assert profile.inclusive_samples(stacks) == {"f (a.py)": 3, "g (b.py)": 4}
+    assert reading.inclusive_samples(stacks) == {"f (a.py)": 3, "g (b.py)": 4}
 
 
 def test_per_token_differences_normalise_by_output_tokens(runs):
-    a, b = (profile.busy(profile.read_stacks(path)) for path in runs)
-    rows = {f: (x, y) for f, x, y in profile.per_token_differences(a, 2000, b, 1000, top=3)}
+    a, b = (reading.busy(reading.read_stacks(path)) for path in runs)
+    rows = {f: (x, y) for f, x, y in reading.per_token_differences(a, 2000, b, 1000, top=3)}
     # The BentoML frame is in 40 of A's samples (20 per 1k tokens) and none of B's: the largest difference.
     assert list(rows)[0] == "__call__ (_bentoml_impl/server/app.py)"
     assert rows["__call__ (_bentoml_impl/server/app.py)"] == pytest.approx((20.0, 0.0))
@@ -106,7 +107,7 @@ def test_per_token_differences_normalise_by_output_tokens(runs):
 
 
 def test_compare_prints_the_share_table_and_the_differences(runs):
-    text = profile.compare([runs[0]], [runs[1]], top=2)
+    text = reading.compare([runs[0]], [runs[1]], top=2)
     assert text.count("| vllm | 42.9% | 75.0% | 15.0 | 15.0 |") == 2  # by package and by layer
     assert "| layer (innermost caller outside utilities) | A share |" in text
     assert "| _bentoml_impl | 0.0% | 0.0% |" not in text  # a package only on the stack, never innermost: no row
@@ -131,7 +132,7 @@ def test_one_of_side_compare_and_show_is_required():
 
 
 def test_show_gives_one_sides_shares_and_its_functions_by_own_samples_per_token(runs):
-    text = profile.show([runs[0]], top=2)
+    text = reading.show([runs[0]], top=2)
     assert "70 busy samples of 870, 2000 output tokens" in text
     assert "| vllm | 42.9% | 15.0 |" in text  # 30 of 70 busy samples; 35 per 1k tokens in all
     assert "| all | 100% | 35.0 |" in text
@@ -142,12 +143,13 @@ def test_show_gives_one_sides_shares_and_its_functions_by_own_samples_per_token(
 
 
 def test_the_gateways_router_counts_as_the_projects_templates():
-    assert profile.frame_package("_forward (/tmp/p.gateway/bench-gateway/gateway.py:300)")
-    assert profile.frame_package("_forward (/srv/models/my-gateway/gateway.py:300)") == "templates" == "templates"
+    assert reading.frame_package("_forward (/tmp/p.gateway/bench-gateway/gateway.py:300)") == "templates"
+    assert reading.frame_package("_forward (/srv/models/my-gateway/gateway.py:300)") == "templates"
+    assert reading.frame_package("_forward (/srv/elsewhere/gateway.py:300)") == "other"
 
 
 def test_several_runs_of_a_side_are_pooled(runs):
-    text = profile.compare([runs[0], runs[0]], [runs[1]], top=1)
+    text = reading.compare([runs[0], runs[0]], [runs[1]], top=1)
     assert "(140 busy samples of 1740, 4000 output tokens)" in text
     assert "| vllm | 42.9% | 75.0% | 15.0 | 15.0 |" in text  # the same per token as one run
     assert profile.parse_args(["--compare", "a.txt,a2.txt", "b.txt"]).compare == [
