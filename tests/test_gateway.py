@@ -105,6 +105,32 @@ def test_stream_arrives_chunk_by_chunk(gateway, services):
         assert stream.done.wait(120) and stream.finishes() == ["length"], (stream.finishes(), stream.error)
 
 
+def test_embeddings_go_to_the_embedding_model(client):
+    result = client.embeddings.create(model="tiny-embed", input=["Robots like tea.", "The capital of France is Paris."])
+    assert result.model == "tiny-embed"
+    assert [len(d.embedding) for d in result.data] == [HIDDEN_SIZE, HIDDEN_SIZE]
+
+
+def test_unknown_model_is_vllms_own_404(gateway, services):
+    body = {"model": "tiny-xl", "messages": CHAT}
+    ours = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers=AUTH)
+    vllms = services["tiny-dev"].post("/v1/chat/completions", json=body)
+    assert ours.status_code == vllms.status_code == 404
+    ours_error, vllm_error = ours.json()["error"], vllms.json()["error"]
+    assert {k: v for k, v in ours_error.items() if k != "message"} == {k: v for k, v in vllm_error.items() if k != "message"}
+    assert ours_error["message"].split(" Valid aliases:")[0] == vllm_error["message"].split(" Valid aliases:")[0]
+    assert ours_error["message"].endswith("Valid aliases: tiny-dev, tiny-think, tiny-lora, tiny-embed.")
+    with pytest.raises(openai.NotFoundError):
+        openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=KEY, max_retries=0).chat.completions.create(model="tiny-xl", messages=CHAT)
+
+
+@pytest.mark.parametrize("body", [{"messages": CHAT}, {"model": None, "messages": CHAT}])
+def test_request_without_model_is_a_400(gateway, body):
+    response = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers=AUTH)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "model" and "`model` is required" in response.json()["error"]["message"]
+
+
 def test_bad_json_is_a_400_and_the_gateway_keeps_serving(gateway, client):
     response = httpx.post(f"{gateway.url}/v1/chat/completions", content=b"{not json", headers={**AUTH, "content-type": "application/json"})
     assert response.status_code == 400 and response.json()["error"]["type"] == "BadRequestError"
