@@ -1,18 +1,27 @@
-"""A served model's vLLM engine process, stopped (SIGSTOP) and let run in short bursts.
+"""A served model's vLLM engine process, stopped (SIGSTOP) or throttled while a test watches a request.
 
 Tests about a request in flight (a client that hangs up, an engine killed mid-stream, a chat
-page that stops a reply) need the request to be mid-way when they act. Timing that from the
-test process fails when the test waits for a CPU (three pytest workers share two cores) and
-the tiny model writes the whole reply meanwhile. Here the engine is stopped before the request
-goes out (vLLM answers with the headers without it) and runs only in bursts between the test's
-checks, so the reply cannot get ahead of the test by more than one burst.
+page that stops a reply, a gateway that must not buffer) need the request to be mid-way when
+they act. Timing that from the test process fails when the test waits for a CPU (three pytest
+workers share two cores) and the tiny model writes the whole reply meanwhile. Here the engine
+is stopped before the request goes out (vLLM answers with the headers without it) and then
+runs on a duty cycle (`throttled`: 10 ms in every 100 ms) kept by a small driver process at
+real-time priority (SCHED_FIFO, as root), so the cycle holds however long the test process waits: a
+reply that takes the engine seconds takes at least ten times as long to finish, and the test
+acts on what it has seen long before that.
+
+    python tests/paused_engine.py PID ON_S OFF_S   # the driver (started by `throttled`)
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import typing as t
@@ -42,16 +51,51 @@ def paused(engine: psutil.Process) -> t.Iterator[psutil.Process]:
         engine.resume()
 
 
-def run_in_bursts(engine: psutil.Process, until: t.Callable[[], bool], burst_s: float = 0.02, timeout: float = 120) -> bool:
-    """Let a stopped engine run for `burst_s` at a time, stopping it again after each, until
-    `until()` holds; whether it did. The engine is stopped on return, however long this process
-    waited for a CPU between its calls (a wait stretches a burst, never the time stopped)."""
+@contextmanager
+def throttled(engine: psutil.Process, on_s: float = 0.01, off_s: float = 0.09) -> t.Iterator[psutil.Process]:
+    """The (stopped) engine runs for `on_s` in every `on_s + off_s` while the block runs, and is
+    stopped again when it ends. The cycle is kept by a driver process at real-time priority, not
+    by this one: however long this process waits for a CPU, the engine gets at most its share."""
+    driver = subprocess.Popen([sys.executable, __file__, str(engine.pid), str(on_s), str(off_s)],
+                              stdout=subprocess.PIPE, text=True)
+    policy = driver.stdout.readline().strip()
+    assert policy in ("SCHED_FIFO", "SCHED_OTHER"), f"the throttle's driver did not start: exit {driver.wait()}"
+    try:
+        yield engine
+    finally:
+        driver.send_signal(signal.SIGTERM)  # it stops the engine, then exits
+        driver.wait(30)
+        if engine.is_running():
+            engine.suspend()
+
+
+def wait_until(condition: t.Callable[[], object], timeout: float = 180, poll_s: float = 0.05) -> bool:
+    """Whether `condition()` held within `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    while not (done := until()) and time.monotonic() < deadline:
-        engine.resume()
-        time.sleep(burst_s)
-        engine.suspend()
-    return done
+    while not (held := condition()) and time.monotonic() < deadline:
+        time.sleep(poll_s)
+    return bool(held)
+
+
+def _drive(pid: int, on_s: float, off_s: float) -> None:
+    """The throttle's driver: SIGCONT, `on_s`, SIGSTOP, `off_s`, ... until SIGTERM, after which
+    the engine is left stopped. Real-time priority, so its timers are kept on a loaded machine."""
+    ending = []
+    signal.signal(signal.SIGTERM, lambda *_: ending.append(True))
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+        print("SCHED_FIFO", flush=True)
+    except PermissionError:  # not root, no RLIMIT_RTPRIO: the cycle then holds only on a machine with CPU to spare
+        print("SCHED_OTHER", flush=True)
+    try:
+        while not ending:
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(on_s)
+            os.kill(pid, signal.SIGSTOP)
+            if not ending:
+                time.sleep(off_s)
+    except ProcessLookupError:
+        pass  # the engine is gone (a test killed it)
 
 
 def sse_events(response: httpx.Response) -> t.Iterator[dict]:
@@ -96,21 +140,14 @@ class StreamReader:
             time.sleep(quiet_s)
 
 
-def stream_stopped_mid_way(engine: psutil.Process, open_stream: t.Callable[[], t.Iterable[dict]],
-                           burst_s: float = 0.02) -> StreamReader:
+def stream_stopped_mid_way(engine: psutil.Process, open_stream: t.Callable[[], t.Iterable[dict]]) -> StreamReader:
     """A stream whose engine is stopped after its first event and before its last: the engine is
-    stopped, the request sent (vLLM answers with the headers without it), and the engine runs in
-    bursts until the first event has reached this process. On return the engine is stopped and
-    the reply is mid-way, as long as it needs more of the engine's time than one (possibly
-    stretched) burst."""
+    stopped, the request sent, and the engine throttled until the first event has reached this
+    process. On return the engine is stopped (SIGSTOP) and the reply mid-way."""
     engine.suspend()
-    reader = StreamReader(open_stream)
-
-    def first_event() -> bool:
-        reader.settle(0.05)
-        return bool(reader.events) or reader.done.is_set()
-
-    run_in_bursts(engine, first_event, burst_s)
+    with throttled(engine):
+        reader = StreamReader(open_stream)
+        wait_until(lambda: reader.events or reader.done.is_set())
     reader.settle(0.5)
     assert reader.events and not reader.finishes() and not reader.done.is_set(), \
         f"the engine stopped mid-reply: {reader.events[-3:]}, ended: {reader.done.is_set()}, error: {reader.error!r}"
@@ -149,31 +186,35 @@ def vllm_metric(metrics: str, name: str) -> float:
     return sum(float(v) for v in re.findall(rf"^{re.escape(name)}\{{[^}}]*\}} (\S+)$", metrics, re.M))
 
 
-def hang_up_mid_request(engine: psutil.Process, send: t.Callable[[], RawRequest], metrics: t.Callable[[], str],
-                        burst_s: float = 0.02) -> dict[str, float]:
-    """Sends a request (`send()`) with the engine stopped, runs the engine in bursts until vLLM
-    counts the request as running, hangs up, and runs it in bursts until it runs none. Returns
-    what the engine counted meanwhile: requests finished (an abort is not one), tokens generated,
-    and the first bytes the client had received."""
+def hang_up_mid_request(engine: psutil.Process, send: t.Callable[[], RawRequest], metrics: t.Callable[[], str]) -> dict:
+    """Sends a request (`send()`) with the engine stopped, throttles the engine until vLLM counts
+    the request as running, hangs up, and waits until it runs none. Returns what the engine
+    counted meanwhile: requests finished (an abort is not one) and tokens generated, and the
+    bytes the client had received before it hung up."""
     def counter(name: str) -> float:
         return vllm_metric(metrics(), name)
 
     def running() -> float:
         return counter("vllm:num_requests_running")
 
-    deadline = time.monotonic() + 60
-    while running() > 0:
-        assert time.monotonic() < deadline, "the engine runs no request before the test"
-        time.sleep(0.2)
+    assert wait_until(lambda: running() == 0, timeout=60), "the engine runs no request before the test"
     before = {name: counter(name) for name in ("vllm:request_success_total", "vllm:generation_tokens_total")}
-    with paused(engine):
-        request = send()
-        try:
-            assert run_in_bursts(engine, lambda: running() == 1, burst_s), "the request ran in the engine"
-            received = request.received()
-        finally:
-            request.close()
-        assert run_in_bursts(engine, lambda: running() == 0, burst_s), "the engine ended the request"
+    engine.suspend()
+    try:
+        with throttled(engine):
+            request = send()
+            try:
+                assert wait_until(lambda: running() == 1), "the request ran in the engine"
+                received = request.received()
+            finally:
+                request.close()
+            assert wait_until(lambda: running() == 0), "the engine ended the request"
+    finally:
+        engine.resume()
     return {"finished": counter("vllm:request_success_total") - before["vllm:request_success_total"],
             "generated": counter("vllm:generation_tokens_total") - before["vllm:generation_tokens_total"],
             "received": received}
+
+
+if __name__ == "__main__":
+    _drive(int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]))

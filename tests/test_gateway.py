@@ -90,8 +90,8 @@ def test_reply_through_the_gateway_equals_the_services_own(client, services):
 
 
 def test_stream_arrives_chunk_by_chunk(gateway, services):
-    """Not buffered: with tiny-dev's engine stopped (SIGSTOP) before the request and then run in
-    short bursts (tests/paused_engine.py), the first text reaches the client while most of the
+    """Not buffered: with tiny-dev's engine stopped (SIGSTOP) before the request and then throttled
+    (tests/paused_engine.py), the first text reaches the client while most of the
     900-token reply is still to be written. A gateway that held the reply back would send nothing
     until the engine had written all of it, and the helper's check that the reply is mid-way fails."""
     body = {"model": "tiny-dev", "messages": CHAT, "max_tokens": 900, "stream": True, "ignore_eos": True}
@@ -149,8 +149,8 @@ def test_vllm_routes_beyond_chat(gateway):
 def test_client_disconnect_frees_the_engine(gateway, services, stream):
     """A client that hangs up while its request runs in the model's engine ends the request there:
     the engine counts it as no finished request (vLLM counts an abort as none) and writes far
-    fewer than its 1000 tokens. The engine runs in bursts around the hang-up (tests/paused_engine.py),
-    so the request cannot end before the client hangs up, however long this process waits for a CPU."""
+    fewer than its 1000 tokens. The engine is throttled around the hang-up (tests/paused_engine.py),
+    so the reply takes ten times its engine time and the client hangs up long before it could end."""
     body = {"model": "tiny-dev", "messages": CHAT, "max_tokens": 1000, "stream": stream, "ignore_eos": True}
     seen = hang_up_mid_request(engine_core(gateway, "tiny-dev"), lambda: RawRequest(gateway.port, "/v1/chat/completions", body, AUTH),
                                lambda: services["tiny-dev"].get("/metrics").text)

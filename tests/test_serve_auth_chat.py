@@ -11,7 +11,7 @@ import openai
 import pytest
 from chat_page import CHAT_ROUTE, add_to_requests, last, new_chat, open_chat, roles, send
 from conftest import ARTIFACTS, ROOT, serve_folder
-from paused_engine import engine_core, paused, run_in_bursts
+from paused_engine import engine_core, paused, throttled, wait_until
 
 pytestmark = pytest.mark.serves  # every test here serves a model: not in `make test-quick`
 
@@ -92,9 +92,9 @@ def test_chat_page_asks_for_the_key_streams_and_stops(keyed_server, browser):
     assert page.inner_text("#error") == ""
 
     # The random model may end a reply at once; the test (not the page) asks vLLM to ignore EOS
-    # so that there is a long generation to stop. The engine runs in short bursts until the reply is
-    # over (tests/paused_engine.py): the page's Stop at its first text lands long before the 900th
-    # token however long the browser waits for a CPU.
+    # so that there is a long generation to stop. The engine is throttled until the reply is over
+    # (tests/paused_engine.py): the page's Stop at its first text lands long before the 900th token
+    # however long the browser waits for a CPU.
     add_to_requests(page, ignore_eos=True)
     page.evaluate(STOP_AT_FIRST_TEXT)
 
@@ -102,11 +102,12 @@ def test_chat_page_asks_for_the_key_streams_and_stops(keyed_server, browser):
         page.wait_for_timeout(50)
         return page.is_enabled("#send")
 
-    with paused(engine_core(keyed_server)) as engine:
+    engine = engine_core(keyed_server)
+    with paused(engine), throttled(engine):
         page.fill("#max-tokens", "900")
         page.fill("#prompt", "And another one")
         page.press("#prompt", "Enter")
-        assert run_in_bursts(engine, reply_over), "the reply ended"
+        assert wait_until(reply_over), "the reply ended"
     assert page.inner_text("#error") == ""
     page.screenshot(path=str(ARTIFACTS / "chat-page.png"), full_page=True)
     assert last(page, ".assistant", "el => el.dataset.stopped") == "true", "the generation was stopped from the page"
@@ -178,24 +179,24 @@ def test_history_is_cut_to_the_context_oldest_turns_first(keyed_server, browser)
 FIRST_ANSWER = "(document.querySelector('.assistant .answer') || {}).textContent || ''"
 
 
-def paused_mid_stream(browser, server, engine, burst_s: float = 0.02) -> tuple[object, str, list[int]]:
-    """A fresh chat page sending a 900-token request while the engine runs only in bursts of
-    `burst_s`, stopped (SIGSTOP) once the page shows the reply's first text: (page, that text, the
-    statuses of its chat requests). The page is then mid-stream however long this process waits
-    for a CPU: the tiny model writes a whole reply in seconds of its own CPU time, not in a few bursts."""
+def paused_mid_stream(browser, server, engine) -> tuple[object, str, list[int]]:
+    """A fresh chat page sending a 900-token request while the engine is throttled, stopped
+    (SIGSTOP) once the page shows the reply's first text: (page, that text, the statuses of its
+    chat requests). The page is then mid-stream however long this process waits for a CPU."""
     page, _ = new_chat(browser, server.url, "tiny-dev", KEY, ignore_eos=True)
     statuses: list[int] = []
     page.on("response", lambda r: statuses.append(r.status) if r.url.endswith("/v1/chat/completions") else None)
     page.fill("#max-tokens", "900")
     page.fill("#prompt", "Tell me a long story")
-    engine.suspend()  # resumed after the test: it kills the engine
-    page.click("#send")
+    engine.suspend()  # and left stopped: the test kills it
 
     def text_shown() -> bool:
         page.wait_for_timeout(50)
         return bool(page.evaluate(FIRST_ANSWER))
 
-    run_in_bursts(engine, text_shown, burst_s)
+    with throttled(engine):
+        page.click("#send")
+        wait_until(text_shown)
     text = page.evaluate(FIRST_ANSWER)
     assert text and page.is_disabled("#send"), "the engine was stopped in the middle of the stream"
     return page, text, statuses

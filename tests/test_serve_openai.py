@@ -153,8 +153,8 @@ def test_server_still_serves_after_bad_input(client, tiny_server):
 def test_client_disconnect_aborts_the_request_in_the_engine(tiny_server):
     """A long stream dropped once the engine runs it ends in vLLM's engine without finishing: the
     engine counts no finished request (vLLM counts a request it aborts as none) and far fewer
-    tokens than were asked for. The engine runs in bursts around the hang-up (tests/paused_engine.py),
-    so the reply cannot end before the client hangs up, however long this process waits for a CPU."""
+    tokens than were asked for. The engine is throttled around the hang-up (tests/paused_engine.py),
+    so the reply takes ten times its engine time and the client hangs up long before it could end."""
     body = {"model": "tiny-dev", "messages": CHAT, "max_tokens": 1000, "stream": True, "ignore_eos": True}
     seen = hang_up_mid_request(engine_core(tiny_server), lambda: RawRequest(tiny_server.port, "/v1/chat/completions", body),
                                lambda: httpx.get(f"{tiny_server.url}/metrics", timeout=10).text)
