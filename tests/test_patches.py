@@ -18,7 +18,7 @@ import patches
 from scripts.generate import read_constraints
 
 PATCHES = [patches.fix_request_timeout, patches.keep_vllm_metrics_in_process, patches.leave_out_http_metrics,
-           patches.cache_request_metric_labels]
+           patches.cache_request_metric_labels, patches.send_streamed_chunks_past_middlewares]
 
 
 @pytest.fixture(autouse=True)
@@ -347,3 +347,78 @@ def test_request_metrics_patch_leaves_a_changed_middleware_alone_with_one_warnin
     message = left_alone_warning(patches.cache_request_metric_labels, caplog)
     assert RunnerTrafficMetricsMiddleware._setup is changed_setup
     assert "not applied: BentoML's RunnerTrafficMetricsMiddleware is not the code it was tested on" in message
+
+
+# 5. Streamed chunks past BentoML's middlewares.
+
+
+def test_only_a_streams_middle_chunks_go_past_the_middlewares():
+    through, direct = [], []
+
+    async def chain(message) -> None:
+        through.append(message)
+
+    async def straight(message) -> None:
+        direct.append(message)
+
+    async def stream(send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for text in (b"a", b"b", b"c"):
+            await send({"type": "http.response.body", "body": text, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    asyncio.run(stream(patches.send_streamed_chunks_directly({patches.SEND_CHUNK_KEY: straight}, chain)))
+    assert [m.get("body") for m in direct] == [b"a", b"b", b"c"]
+    assert [m["type"] for m in through] == ["http.response.start", "http.response.body"] and not through[1]["more_body"]
+    assert patches.send_streamed_chunks_directly({}, chain) is chain, "a request without the shortcut keeps its send"
+
+
+@pytest.mark.parametrize("path,kept", [("/v1/chat/completions", True), ("/generate", False)])
+def test_the_shortcut_is_kept_only_for_routes_that_tracing_skips(path, kept):
+    from opentelemetry.util.http import ExcludeList
+
+    seen = {}
+
+    async def app(scope, receive, send) -> None:
+        seen.update(scope)
+
+    shortcut = patches.StreamedChunkShortcut(app, excluded_urls=ExcludeList(["/v1/"]))
+    scope = {"type": "http", "scheme": "http", "server": ("127.0.0.1", 3000), "path": path, "query_string": b"", "headers": []}
+    asyncio.run(shortcut(scope, None, streaming_app))
+    assert (seen.get(patches.SEND_CHUNK_KEY) is streaming_app) is kept
+
+
+def test_a_middleware_it_was_not_tested_with_keeps_every_chunk_with_one_warning(caplog):
+    from starlette.middleware import Middleware
+    from starlette.middleware.gzip import GZipMiddleware  # it changes the chunks it passes on
+
+    known = [Middleware(RunnerTrafficMetricsMiddleware), Middleware(TimeoutMiddleware, timeout=1)]
+    with_shortcut = patches._with_chunk_shortcut(lambda self: known)(None)
+    assert [m.cls for m in with_shortcut] == [patches.StreamedChunkShortcut, RunnerTrafficMetricsMiddleware, TimeoutMiddleware]
+    stack = [*known, Middleware(GZipMiddleware)]
+    middlewares = patches._with_chunk_shortcut(lambda self: stack)
+    assert middlewares(None) is stack and middlewares(None) is stack
+    [warning] = patch_warnings(caplog, "send_streamed_chunks_past_middlewares")
+    assert "GZipMiddleware" in warning.getMessage() and "every streamed chunk goes through" in warning.getMessage()
+
+
+def test_chunk_shortcut_leaves_a_changed_bentoml_alone_with_one_warning(monkeypatch, caplog):
+    from _bentoml_impl.server.app import ContextMiddleware, ServiceAppFactory
+
+    monkeypatch.setattr(TimeoutMiddleware, "__call__", patches._timeout_middleware_call)  # patch 1 in, as in a service
+    monkeypatch.setattr(ContextMiddleware, "__call__", changed_timeout_call)
+    original = ServiceAppFactory.middlewares
+    message = left_alone_warning(patches.send_streamed_chunks_past_middlewares, caplog)
+    assert ServiceAppFactory.middlewares is original
+    assert "not applied: BentoML's middleware stack for streamed chunks is not the code it was tested on" in message
+
+
+def test_chunk_shortcut_is_applied_on_top_of_the_timeout_fix_only(monkeypatch, caplog):
+    from _bentoml_impl.server.app import ServiceAppFactory
+
+    monkeypatch.setattr(ServiceAppFactory, "middlewares", ServiceAppFactory.middlewares)  # undone after the test
+    assert patches.send_streamed_chunks_past_middlewares() is False, "BentoML's own timeout: not needed"
+    monkeypatch.setattr(TimeoutMiddleware, "__call__", patches._timeout_middleware_call)
+    assert patches.send_streamed_chunks_past_middlewares() is True
+    assert getattr(ServiceAppFactory.middlewares.fget, "shortcuts_chunks", False)
+    assert not patch_warnings(caplog, "send_streamed_chunks_past_middlewares")

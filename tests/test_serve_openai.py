@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -186,6 +187,35 @@ def test_metrics_has_bentoml_and_vllm_series(tiny_server):
     assert not re.search(r"^http_requests_total", metrics, re.M)
     families = re.findall(r"^# TYPE (\S+) ", metrics, re.M)
     assert len(families) == len(set(families)), "every metric family is exported once"
+
+
+def test_a_streamed_reply_is_whole_and_bentoml_counts_times_and_logs_it(tiny_server, client):
+    """A stream's middle chunks go past BentoML's middlewares (templates/patches.py,
+    send_streamed_chunks_past_middlewares): the reply still comes whole, chunk by chunk, and
+    BentoML's request metrics and access log still see the request once, with its status."""
+    def counted() -> tuple[float, float]:
+        metrics = httpx.get(f"{tiny_server.url}/metrics", timeout=10).text
+        return tuple(sum(float(v) for v in re.findall(rf'^{name}\{{endpoint="/v1/chat/completions",http_response_code="200"[^}}]*\}} (\S+)$',
+                                                       metrics, re.M))
+                     for name in ("bentoml_service_request_total", "bentoml_service_request_duration_seconds_count"))
+
+    def logged() -> int:
+        return len(re.findall(r"method=POST,path=/v1/chat/completions[,)][^)]*\) \(status=200", tiny_server.log_path.read_text()))
+
+    log = tiny_server.log_path.read_text()
+    assert "send_streamed_chunks_past_middlewares: not applied" not in log, "the patch is applied in the service"
+    before, lines_before = counted(), logged()
+    stream = client.chat.completions.create(model="tiny-dev", messages=CHAT, max_tokens=24, stream=True,
+                                            stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+    chunks = list(stream)
+    texts = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(texts) >= 12 and chunks[-1].usage.completion_tokens == 24, "the reply came chunk by chunk, whole"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
+    assert counted() == (before[0] + 1, before[1] + 1)
+    deadline = time.monotonic() + 10
+    while logged() == lines_before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert logged() == lines_before + 1
 
 
 WEATHER_TOOL = {

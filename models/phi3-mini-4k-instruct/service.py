@@ -16,7 +16,7 @@ import typing as t
 import bentoml
 
 from hub_model import HubModel
-from patches import cache_request_metric_labels, fix_request_timeout
+from patches import cache_request_metric_labels, fix_request_timeout, send_streamed_chunks_past_middlewares
 from supervisor import exit_with_worker_status
 from vllm_openai import OpenAIServer, engine_argv, vllm_metrics_text
 from web import APIKeyMiddleware, chat_page
@@ -45,6 +45,7 @@ MODEL = HubModel(
 openai_server = OpenAIServer()
 fix_request_timeout()  # BentoML's request timeout otherwise leaves a timer and a task per request
 cache_request_metric_labels()  # BentoML's request metrics otherwise look up their series four times per request
+send_streamed_chunks_past_middlewares()  # each streamed chunk otherwise passes through every BentoML middleware
 
 
 def local_path(model) -> str:

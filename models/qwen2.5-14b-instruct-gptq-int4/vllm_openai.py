@@ -17,7 +17,7 @@ import json
 import logging
 import typing as t
 
-from patches import VLLM_METRIC_PREFIX, keep_vllm_metrics_in_process, leave_out_http_metrics
+from patches import VLLM_METRIC_PREFIX, keep_vllm_metrics_in_process, leave_out_http_metrics, send_streamed_chunks_directly
 from supervisor import end_server, exit_now
 
 logger = logging.getLogger("bentoml.service")
@@ -129,7 +129,7 @@ class OpenAIServer:
     async def __call__(self, scope, receive, send) -> None:
         app = self.app
         if app is not None and self.failure is None:
-            await app(scope, receive, send)
+            await app(scope, receive, send_streamed_chunks_directly(scope, send))
         elif scope["type"] == "http":
             await send_openai_error(send, 503, self.failure or LOADING_MESSAGE, "ServiceUnavailableError")
 
