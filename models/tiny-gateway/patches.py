@@ -440,7 +440,7 @@ def _with_chunk_shortcut(original: t.Callable[..., list]) -> t.Callable[..., lis
 
 @guarded_patch(
     replaces="BentoML's middleware stack for streamed chunks",
-    tested_with={"bentoml": "1.4.39", "starlette": "1.10.0", "opentelemetry-instrumentation-asgi": "0.66b1"},
+    tested_with={"bentoml": "1.4.39", "starlette": "1.10.0"},  # and OpenTelemetry's ASGI middleware, in the digest
     internals=_chunk_shortcut_code,
     digest="d3f4fade8792b72e",
     applied=lambda: getattr(_service_app_factory().middlewares.fget, "shortcuts_chunks", False),
