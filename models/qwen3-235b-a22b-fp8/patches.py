@@ -386,15 +386,15 @@ class StreamedChunkShortcut:
     scope, for requests that BentoML's tracing skips (the service's `tracing.excluded_urls`)."""
 
     def __init__(self, app, excluded_urls=None) -> None:
+        from opentelemetry.instrumentation.asgi import get_host_port_url_tuple  # the URL tracing matches
+
         self.app = app
         self.excluded_urls = excluded_urls
+        self._url = lambda scope: get_host_port_url_tuple(scope)[2]
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and self.excluded_urls is not None:
-            from opentelemetry.instrumentation.asgi import get_host_port_url_tuple
-
-            if self.excluded_urls.url_disabled(get_host_port_url_tuple(scope)[2]):
-                scope[SEND_CHUNK_KEY] = send
+        if scope["type"] == "http" and self.excluded_urls is not None and self.excluded_urls.url_disabled(self._url(scope)):
+            scope[SEND_CHUNK_KEY] = send
         await self.app(scope, receive, send)
 
 
